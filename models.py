@@ -1,0 +1,620 @@
+"""Darknet networks built from cfg files, the YOLO output layer, and Darknet/PyTorch weights I/O.
+
+State-dict names follow ultralytics/yolov3 (``module_list.{i}.Conv2d.weight``, ``module_list.{i}.BatchNorm2d.*``,
+``i`` the block index in the cfg, ``[net]`` not counted) so its ``.pt`` files load by name.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from utils.layers import FeatureConcat, Shortcut, make_activation
+from utils.parse_config import adapt_nc, parse_model_cfg
+from utils.torch_utils import de_parallel, fuse_conv_and_bn, model_info
+
+logger = logging.getLogger(__name__)
+
+CFG_DIR = Path(__file__).resolve().parent / "cfg"
+SHIPPED_CFGS = ("yolov3.cfg", "yolov3-spp.cfg", "yolov3-tiny.cfg")
+
+_PLAIN, _ROUTE, _SHORTCUT, _YOLO = range(4)
+
+
+class YOLOLayer(nn.Module):
+    """Reshapes a head's raw output and, in eval mode, decodes it to boxes in input pixels.
+
+    Args:
+        anchors: (na, 2) anchor w, h in input pixels.
+        nc: number of classes; each prediction has ``no = nc + 5`` values (x, y, w, h, obj, classes).
+        stride: input pixels per grid cell of this layer.
+
+    Holds no parameters and no persistent buffers; ``anchors`` and ``anchor_vec`` (anchors in grid units) are
+    non-persistent buffers so they follow ``.to(device)``.
+    """
+
+    def __init__(self, anchors: np.ndarray | torch.Tensor, nc: int, stride: int):
+        super().__init__()
+        anchors = torch.as_tensor(np.asarray(anchors, dtype=np.float32)).view(-1, 2)
+        self.na = len(anchors)
+        self.nc = nc
+        self.no = nc + 5
+        self.stride = int(stride)
+        self.register_buffer("anchors", anchors, persistent=False)
+        self.register_buffer("anchor_vec", anchors / self.stride, persistent=False)
+        self._grids: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _grid(self, ny: int, nx: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cell offsets (1, 1, ny, nx, 2) as (x, y) and anchor sizes (1, na, 1, 1, 2) in grid units, cached."""
+        key = (ny, nx, device, dtype)
+        cached = self._grids.get(key)
+        if cached is None:
+            yv, xv = torch.meshgrid(torch.arange(ny, device=device), torch.arange(nx, device=device), indexing="ij")
+            grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2).to(dtype)
+            cached = (grid, self.anchor_vec.to(device).view(1, self.na, 1, 1, 2))
+            self._grids[key] = cached
+        return cached
+
+    def forward(self, p: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """p: (bs, na*no, ny, nx) head output.
+
+        Returns (bs, na, ny, nx, no) raw in train mode; in eval mode ``(io, p)`` with ``io`` (bs, na*ny*nx, no):
+        xywh in input pixels, sigmoid objectness and class scores, ordered anchor, then row, then column.
+        """
+        bs, _, ny, nx = p.shape
+        p = p.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
+        if self.training:
+            return p
+        grid, anchor_wh = self._grid(ny, nx, p.device, p.dtype)
+        xy = (torch.sigmoid(p[..., :2]) + grid) * self.stride
+        wh = (torch.exp(p[..., 2:4]) * anchor_wh) * self.stride
+        io = torch.cat((xy, wh, torch.sigmoid(p[..., 4:])), -1)
+        return io.view(bs, -1, self.no), p
+
+    def extra_repr(self) -> str:
+        return f"na={self.na}, nc={self.nc}, stride={self.stride}"
+
+
+def _layer_refs(i: int, mdef: dict) -> list[int]:
+    """Absolute indices of the earlier blocks a route/shortcut block ``i`` reads."""
+    refs = mdef["layers"] if mdef["type"] == "route" else mdef["from"]
+    return [i + r if r < 0 else r for r in refs]
+
+
+def block_shapes(module_defs: list[dict], in_channels: int = 3) -> tuple[list[int], list[int], list[int]]:
+    """Per block: input channels, output channels and cumulative stride (input pixels per output pixel).
+
+    Raises:
+        ValueError: a route joins maps of different strides, an upsample does not divide the stride, or a route's
+            channels do not split into its groups.
+    """
+    ins: list[int] = []
+    outs: list[int] = []
+    strides: list[int] = []
+    ch, stride = in_channels, 1
+    for i, mdef in enumerate(module_defs):
+        kind = mdef["type"]
+        ins.append(ch)
+        if kind == "convolutional":
+            ch, stride = mdef["filters"], stride * mdef["stride"]
+        elif kind == "maxpool":
+            stride *= mdef["stride"]
+        elif kind == "upsample":
+            if stride % mdef["stride"]:
+                raise ValueError(f"block {i} [upsample] stride={mdef['stride']} does not divide map stride {stride}")
+            stride //= mdef["stride"]
+        elif kind in ("route", "shortcut"):
+            refs = _layer_refs(i, mdef)
+            ref_strides = {strides[j] for j in refs} | ({stride} if kind == "shortcut" else set())
+            if len(ref_strides) > 1:
+                raise ValueError(f"block {i} [{kind}] joins blocks {refs} of different strides {sorted(ref_strides)}")
+            if kind == "route":
+                total = sum(outs[j] for j in refs)
+                if total % mdef["groups"]:
+                    raise ValueError(f"block {i} [route] {total} channels do not split into groups={mdef['groups']}")
+                ch, stride = total // mdef["groups"], strides[refs[0]]
+        outs.append(ch)
+        strides.append(stride)
+    return ins, outs, strides
+
+
+def darknet_value_counts(module_defs: list[dict], in_channels: int = 3) -> list[int]:
+    """Number of float32 values each block stores in a Darknet ``.weights`` file (0 for blocks without weights)."""
+    ins, _, _ = block_shapes(module_defs, in_channels)
+    counts = []
+    for mdef, cin in zip(module_defs, ins):
+        if mdef["type"] != "convolutional":
+            counts.append(0)
+            continue
+        f, k = mdef["filters"], mdef["size"]
+        counts.append(f * (cin // mdef["groups"]) * k * k + (4 * f if mdef["batch_normalize"] else f))
+    return counts
+
+
+def create_modules(
+    module_defs: list[dict], img_size: int | tuple[int, int] = (416, 416), nc: int | None = None, in_channels: int = 3
+) -> tuple[nn.ModuleList, list[bool]]:
+    """Build the modules of parsed cfg blocks (``[net]`` excluded).
+
+    Args:
+        module_defs: blocks from ``parse_model_cfg(path)[1:]``.
+        img_size: nominal input size (kept for reference compatibility; any multiple of 32 works at run time).
+        nc: when given, the cfg is first adapted to ``nc`` classes (``adapt_nc``).
+        in_channels: input image channels.
+
+    Returns:
+        ``(module_list, routs)``: ``routs[i]`` is True when block i's output is read by a later route/shortcut
+        and so must be kept during forward.
+    """
+    if nc is not None:
+        module_defs = adapt_nc(module_defs, nc)
+    ins, _, strides = block_shapes(module_defs, in_channels)
+    module_list = nn.ModuleList()
+    routs = [False] * len(module_defs)
+    for i, mdef in enumerate(module_defs):
+        kind = mdef["type"]
+        if kind == "convolutional":
+            modules = nn.Sequential()
+            bn = bool(mdef["batch_normalize"])
+            k = mdef["size"]
+            padding = (k - 1) // 2 if mdef["pad"] else mdef.get("padding", 0)
+            modules.add_module(
+                "Conv2d",
+                nn.Conv2d(ins[i], mdef["filters"], k, stride=mdef["stride"], padding=padding, groups=mdef["groups"],
+                          bias=not bn),
+            )  # fmt: skip
+            if bn:
+                modules.add_module("BatchNorm2d", nn.BatchNorm2d(mdef["filters"], momentum=0.03, eps=1e-4))
+            act = make_activation(mdef["activation"])
+            if act is not None:
+                modules.add_module("activation", act)
+        elif kind == "maxpool":
+            k, s = mdef["size"], mdef["stride"]
+            pool = nn.MaxPool2d(kernel_size=k, stride=s, padding=(k - 1) // 2)
+            if k == 2 and s == 1:  # yolov3-tiny: pad right and bottom with zeros so the grid keeps its size
+                modules = nn.Sequential()
+                modules.add_module("ZeroPad2d", nn.ZeroPad2d((0, 1, 0, 1)))
+                modules.add_module("MaxPool2d", pool)
+            else:
+                modules = pool
+        elif kind == "upsample":
+            modules = nn.Upsample(scale_factor=mdef["stride"], mode="nearest")
+        elif kind == "route":
+            refs = _layer_refs(i, mdef)
+            for j in refs:
+                routs[j] = True
+            modules = FeatureConcat(refs, mdef["groups"], mdef["group_id"])
+        elif kind == "shortcut":
+            refs = _layer_refs(i, mdef)
+            for j in refs:
+                routs[j] = True
+            modules = Shortcut(refs, mdef["activation"])
+        elif kind == "yolo":
+            modules = YOLOLayer(mdef["anchors"][mdef["mask"]], mdef["classes"], strides[i])
+            _init_yolo_bias(module_list[i - 1], modules)
+        else:
+            raise ValueError(f"block {i}: unsupported type [{kind}]")
+        module_list.append(modules)
+    return module_list, routs
+
+
+def _init_yolo_bias(head: nn.Module, yolo: YOLOLayer) -> None:
+    """Bias prior of the conv feeding a YOLO layer: objectness starts low, class scores near 1/nc."""
+    conv = head[0] if isinstance(head, nn.Sequential) else head
+    if not isinstance(conv, nn.Conv2d) or conv.bias is None or conv.out_channels != yolo.na * yolo.no:
+        return
+    with torch.no_grad():
+        b = conv.bias.view(yolo.na, yolo.no)
+        b[:, 4] += -4.5
+        b[:, 5:] += math.log(0.6 / (yolo.nc - 0.99))
+
+
+class Darknet(nn.Module):
+    """A YOLO network described by a Darknet cfg file.
+
+    Args:
+        cfg: path of the ``.cfg`` file.
+        img_size: nominal (h, w) input size; inputs of any height and width that are multiples of the largest
+            stride (32 for the shipped cfgs) work.
+        verbose: print the model summary.
+        nc: adapt the cfg to ``nc`` classes (``[yolo]`` classes and the filters of the convs feeding them), so a
+            COCO cfg trains on any dataset without editing it. None keeps the cfg's classes.
+
+    Attributes: ``module_defs`` (blocks without [net]), ``net_def`` ([net] block), ``module_list``, ``routs``,
+    ``yolo_layers`` (indices into module_list), ``nc``, ``version`` (int32 (3,)) and ``seen`` (int64 (1,)) of the
+    Darknet weights header, ``cfg`` (path str), ``cfg_text`` (the cfg file's text as read, before adaptation).
+    """
+
+    def __init__(
+        self,
+        cfg: str | Path,
+        img_size: int | tuple[int, int] = (416, 416),
+        verbose: bool = False,
+        nc: int | None = None,
+    ):
+        super().__init__()
+        blocks = parse_model_cfg(cfg, nc=nc)
+        self.cfg = str(cfg)
+        self.cfg_text = Path(cfg).read_text()
+        self.net_def = blocks[0]
+        self.module_defs = blocks[1:]
+        self.img_size = img_size
+        channels = self.net_def.get("channels", 3)
+        self.module_list, self.routs = create_modules(self.module_defs, img_size, in_channels=channels)
+        self.yolo_layers = [i for i, m in enumerate(self.module_list) if isinstance(m, YOLOLayer)]
+        if not self.yolo_layers:
+            raise ValueError(f"{cfg}: no [yolo] block: expected at least one")
+        self.nc = self.module_list[self.yolo_layers[0]].nc
+        self.max_stride = max(self.module_list[i].stride for i in self.yolo_layers)
+        self.version = np.array([0, 2, 5], dtype=np.int32)
+        self.seen = np.array([0], dtype=np.int64)
+        self._build_plan()
+        if verbose:
+            self.info()
+
+    def _build_plan(self) -> None:
+        """Precompute per block: how to call it, whether to keep its output, which kept outputs to drop after it."""
+        kinds = {"route": _ROUTE, "shortcut": _SHORTCUT, "yolo": _YOLO}
+        self._kinds = [kinds.get(m["type"], _PLAIN) for m in self.module_defs]
+        last_use: dict[int, int] = {}
+        for i, m in enumerate(self.module_defs):
+            if m["type"] in ("route", "shortcut"):
+                for j in _layer_refs(i, m):
+                    last_use[j] = i
+        self._release = [[] for _ in self.module_defs]
+        for j, i in last_use.items():
+            self._release[i].append(j)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """x: (bs, c, h, w) float images, h and w multiples of the largest stride.
+
+        Returns, in train mode, one raw (bs, na, ny, nx, 5 + nc) tensor per YOLO layer in cfg order; in eval mode
+        ``(inference, raw_list)`` with ``inference`` (bs, N, 5 + nc): xywh in input pixels, sigmoid objectness and
+        class scores, layers concatenated in cfg order.
+        """
+        if x.shape[-2] % self.max_stride or x.shape[-1] % self.max_stride:
+            raise ValueError(f"input {x.shape[-2]}x{x.shape[-1]}: expected height and width multiples of "
+                             f"{self.max_stride} (the largest stride of {self.cfg})")  # fmt: skip
+        outputs: list[torch.Tensor | None] = [None] * len(self._kinds)
+        yolo_out = []
+        routs, release = self.routs, self._release
+        for i, (kind, module) in enumerate(zip(self._kinds, self.module_list)):
+            if kind == _PLAIN:
+                x = module(x)
+            elif kind == _ROUTE:
+                x = module(outputs)
+            elif kind == _SHORTCUT:
+                x = module(x, outputs)
+            else:
+                yolo_out.append(module(x))
+            if routs[i]:
+                outputs[i] = x
+            for j in release[i]:
+                outputs[j] = None
+        if self.training:
+            return yolo_out
+        io, p = zip(*yolo_out)
+        return torch.cat(io, 1), list(p)
+
+    def fuse(self) -> Darknet:
+        """Fold each BatchNorm into the convolution before it, in place (for inference); returns self."""
+        for i, m in enumerate(self.module_list):
+            if isinstance(m, nn.Sequential) and hasattr(m, "BatchNorm2d") and hasattr(m, "Conv2d"):
+                fused = nn.Sequential()
+                fused.add_module("Conv2d", fuse_conv_and_bn(m.Conv2d, m.BatchNorm2d))
+                if hasattr(m, "activation"):
+                    fused.add_module("activation", m.activation)
+                self.module_list[i] = fused
+        return self
+
+    def info(self, verbose: bool = False, img_size: int | tuple[int, int] = 416) -> tuple:
+        """Print and return ``(n_layers, n_params, n_grads, gflops)`` (see ``utils.torch_utils.model_info``)."""
+        return model_info(self, verbose, img_size)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Darknet .weights files
+
+
+def cutoff_from_name(path: str | Path) -> int:
+    """Blocks to load for Darknet's partial files: ``darknet53.conv.74`` -> 75, ``name.conv.N`` -> N, else -1 (all).
+
+    ``darknet53.conv.74`` holds the first 74 layers of Darknet's classifier, which are yolov3's first 75 blocks
+    (block 74 is a shortcut without weights, so 74 and 75 load the same values).
+    """
+    name = Path(path).name
+    if name == "darknet53.conv.74":
+        return 75
+    m = re.search(r"\.conv\.(\d+)$", name)
+    return int(m.group(1)) if m else -1
+
+
+def _conv_blocks(model: Darknet, cutoff: int) -> list[tuple[int, dict, nn.Module]]:
+    n = len(model.module_defs) if cutoff < 0 else min(cutoff, len(model.module_defs))
+    out = []
+    for i in range(n):
+        mdef = model.module_defs[i]
+        if mdef["type"] == "convolutional":
+            seq = model.module_list[i]
+            if mdef["batch_normalize"] and not hasattr(seq, "BatchNorm2d"):
+                raise ValueError(f"block {i} has no BatchNorm2d (fused?): load/save Darknet weights before fuse()")
+            out.append((i, mdef, seq))
+    return out
+
+
+def _conv_tensors(mdef: dict, seq: nn.Module) -> list[torch.Tensor]:
+    """Tensors of one conv block in Darknet file order."""
+    conv = seq.Conv2d
+    if mdef["batch_normalize"]:
+        bn = seq.BatchNorm2d
+        return [bn.bias, bn.weight, bn.running_mean, bn.running_var, conv.weight]
+    return [conv.bias, conv.weight]
+
+
+def _seen_dtype(version: np.ndarray) -> type:
+    return np.int64 if int(version[0]) * 10 + int(version[1]) >= 2 else np.int32
+
+
+def _fit_hint(n_values: int, model: Darknet) -> str:
+    """Say which shipped cfg, or how many leading blocks of one, a file of ``n_values`` values would fit."""
+    candidates = [(f"{model.cfg} (nc={model.nc})", model.module_defs, model.net_def.get("channels", 3))]
+    for name in SHIPPED_CFGS:
+        path = CFG_DIR / name
+        if path.is_file():
+            blocks = parse_model_cfg(path, warn=False)
+            candidates.append((f"cfg/{name}", blocks[1:], blocks[0].get("channels", 3)))
+    hints = []
+    for label, defs, ch in candidates:
+        cum = np.cumsum(darknet_value_counts(defs, ch))
+        if cum[-1] == n_values:
+            hints.append(f"it fits {label} as a whole")
+            continue
+        hit = np.nonzero(cum == n_values)[0]
+        if len(hit):
+            k = int(hit[-1]) + 1
+            hints.append(f"it fits the first {k} blocks of {label} (pass cutoff={k})")
+    if not hints:
+        return "it fits none of this cfg or the shipped cfgs, whole or by leading blocks"
+    return "; ".join(dict.fromkeys(hints))
+
+
+def load_darknet_weights(model: Darknet, path: str | Path, cutoff: int = -1) -> dict:
+    """Load a Darknet ``.weights`` file into ``model`` in place.
+
+    File layout: int32 major, minor, revision; ``seen`` as int64 when ``major*10+minor >= 2`` else int32; then
+    float32 values, for each conv block in order: with BatchNorm bn.bias, bn.weight, running_mean, running_var,
+    conv.weight; without: conv.bias, conv.weight.
+
+    Args:
+        cutoff: load only blocks ``0..cutoff-1``; -1 takes it from the file name (``darknet53.conv.74`` -> 75,
+            ``yolov3-tiny.conv.15`` -> 15) or loads all blocks.
+
+    Returns:
+        report dict: path, version, seen, cutoff, blocks_loaded, tensors_loaded, values_loaded, values_unused,
+        blocks_skipped_by_cutoff (indices of conv blocks not loaded).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file has fewer values than the blocks need, or (without cutoff) more, saying which cfg or
+            how many leading blocks it would fit.
+    """
+    model = de_parallel(model)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Darknet weights not found: {path}; nothing is downloaded, put the file in weights/")
+    if cutoff == -1:
+        cutoff = cutoff_from_name(path)
+    with open(path, "rb") as f:
+        version = np.fromfile(f, dtype=np.int32, count=3)
+        if len(version) < 3:
+            raise ValueError(f"{path}: {path.stat().st_size} bytes is too short for a Darknet weights header")
+        seen = np.fromfile(f, dtype=_seen_dtype(version), count=1).astype(np.int64)
+        header = f.tell()
+        weights = np.fromfile(f, dtype=np.float32)
+    if len(seen) < 1 or (path.stat().st_size - header) % 4:
+        raise ValueError(f"{path}: {path.stat().st_size} bytes is not a Darknet header plus float32 values")
+
+    blocks = _conv_blocks(model, cutoff)
+    needed = sum(sum(t.numel() for t in _conv_tensors(m, s)) for _, m, s in blocks)
+    found = len(weights)
+    what = f"{model.cfg} (nc={model.nc})" + (f" up to block {cutoff}" if cutoff >= 0 else "")
+    if found < needed or (found > needed and cutoff < 0):
+        problem = "too short" if found < needed else "longer than needed (values left over)"
+        raise ValueError(
+            f"{path}: {problem}: {what} needs {needed:,} float32 values after the header, the file has {found:,}; "
+            f"{_fit_hint(found, model)}"
+        )
+    ptr, n_tensors = 0, 0
+    with torch.no_grad():
+        for _, mdef, seq in blocks:
+            for t in _conv_tensors(mdef, seq):
+                n = t.numel()
+                t.copy_(torch.from_numpy(weights[ptr : ptr + n]).view_as(t))
+                ptr += n
+                n_tensors += 1
+    model.version, model.seen = version, seen
+    loaded = {i for i, _, _ in blocks}
+    skipped = [i for i, m in enumerate(model.module_defs) if m["type"] == "convolutional" and i not in loaded]
+    report = {
+        "path": str(path), "version": tuple(int(v) for v in version), "seen": int(seen[0]), "cutoff": cutoff,
+        "blocks_loaded": len(blocks), "tensors_loaded": n_tensors, "values_loaded": ptr,
+        "values_unused": found - ptr, "blocks_skipped_by_cutoff": skipped,
+    }  # fmt: skip
+    logger.info(
+        "%s: loaded %d conv blocks (%d tensors, %d values)%s", path, len(blocks), n_tensors, ptr,
+        f", cutoff {cutoff} skipped {len(skipped)} conv blocks" if skipped else "",
+    )  # fmt: skip
+    return report
+
+
+def save_weights(model: Darknet, path: str | Path, cutoff: int = -1) -> None:
+    """Write ``model`` (blocks ``0..cutoff-1``, all when -1) as a Darknet ``.weights`` file, atomically.
+
+    The header comes from ``model.version`` and ``model.seen`` (defaults 0.2.5 and 0), so loading a file and
+    saving it with the same cutoff reproduces it byte for byte.
+    """
+    model = de_parallel(model)
+    path = Path(path)
+    version = np.asarray(getattr(model, "version", np.array([0, 2, 5])), dtype=np.int32)
+    seen = np.asarray(getattr(model, "seen", np.array([0])), dtype=_seen_dtype(version)).reshape(-1)[:1]
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        version.tofile(f)
+        seen.tofile(f)
+        for _, mdef, seq in _conv_blocks(model, cutoff):
+            for t in _conv_tensors(mdef, seq):
+                t.detach().to("cpu", torch.float32).numpy().tofile(f)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PyTorch checkpoints
+
+
+def _torch_load(path: Path, map_location) -> object:
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        # Our own and ultralytics' checkpoints may hold plain Python objects that the safe loader refuses.
+        logger.info("%s: not loadable with weights_only=True, loading it as a full pickle", path)
+        return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def _state_dict_of(ckpt: object, path: Path) -> dict[str, torch.Tensor]:
+    """The model state_dict inside a checkpoint: {'model': sd or module, ...}, {'ema': ...} or a raw state_dict."""
+    sd = ckpt
+    if isinstance(ckpt, dict) and ("model" in ckpt or "ema" in ckpt):
+        sd = ckpt.get("model")
+        if sd is None:
+            sd = ckpt.get("ema")
+    if isinstance(sd, nn.Module):
+        sd = sd.state_dict()
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path}: not a model checkpoint: expected a state_dict or a dict with a 'model' state_dict")
+    if sd and all(k.startswith("module.") for k in sd):  # saved from a DataParallel/DDP wrapper
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
+    return sd
+
+
+def _nc_hint(model: Darknet, sd: dict[str, torch.Tensor]) -> str:
+    """Guess from the checkpoint's YOLO head convs which nc it was trained with."""
+    for j in model.yolo_layers:
+        w = sd.get(f"module_list.{j - 1}.Conv2d.weight")
+        na = model.module_list[j].na
+        if w is not None and w.shape[0] % na == 0 and w.shape[0] // na - 5 != model.nc:
+            return f"was it trained with nc={w.shape[0] // na - 5} (a .data with classes={w.shape[0] // na - 5})?"
+    return f"was it trained with another --cfg than {model.cfg}?"
+
+
+def _describe_key(k: str, sd: dict, msd: dict) -> str:
+    ckpt = f" {tuple(sd[k].shape)} in the file" if k in sd else ""
+    model = f" {tuple(msd[k].shape)} in the model" if k in msd else ""
+    return k + ckpt + ("," if ckpt and model else "") + model
+
+
+def load_weights(model: Darknet, path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load Darknet ``.weights`` or a PyTorch ``.pt``/``.pth`` into ``model``, strictly.
+
+    ``.pt`` may be our checkpoint (``{'model': state_dict, ...}``, optionally with ``'ema'``), an ultralytics one
+    (``{'model': state_dict or module}``) or a raw state_dict. Other suffixes are read as Darknet files (cutoff
+    from the name, see ``load_darknet_weights``).
+
+    Returns:
+        report dict (``format`` 'darknet' or 'pt', tensors_loaded, ...).
+
+    Raises:
+        FileNotFoundError: saying where to put the file.
+        ValueError: names or shapes differ, listing up to 5 of each kind and the likely fix.
+    """
+    model_ = de_parallel(model)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"weights not found: {path}; nothing is downloaded: put the file in the weights/ folder "
+            "(see weights/README.md) or start from scratch with --weights ''"
+        )
+    if path.suffix not in (".pt", ".pth"):
+        return {"format": "darknet", **load_darknet_weights(model_, path)}
+    ckpt = _torch_load(path, map_location)
+    sd = _state_dict_of(ckpt, path)
+    msd = model_.state_dict()
+    missing = [k for k in msd if k not in sd and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in sd if k not in msd]
+    mismatched = [k for k in sd if k in msd and sd[k].shape != msd[k].shape]
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("with other shapes", mismatched)):
+            if keys:
+                shown = ", ".join(_describe_key(k, sd, msd) for k in keys[:5])
+                parts.append(f"{len(keys)} {label}: {shown}{', ...' if len(keys) > 5 else ''}")
+        raise ValueError(
+            f"{path} does not fit {model_.cfg} (nc={model_.nc}): " + "; ".join(parts) + f". {_nc_hint(model_, sd)} "
+            "Build the model with the matching --cfg/nc, or use --transfer to load only the tensors that fit."
+        )
+    model_.load_state_dict(sd, strict=False)
+    report = {"format": "pt", "path": str(path), "tensors_loaded": len(sd)}
+    if isinstance(ckpt, dict):
+        report.update(epoch=ckpt.get("epoch"), has_ema="ema" in ckpt)
+    return report
+
+
+def load_state_dict_fitting(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> tuple[int, list[tuple[str, str]]]:
+    """Load every tensor whose name and shape fit the model (for ``--transfer``); log the others key by key.
+
+    Returns:
+        ``(n_loaded, skipped)`` with ``skipped`` a list of ``(name, reason)``.
+    """
+    model = de_parallel(model)
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
+    msd = model.state_dict()
+    fitting, skipped = {}, []
+    for k, v in state_dict.items():
+        if k not in msd:
+            skipped.append((k, "not in the model"))
+        elif v.shape != msd[k].shape:
+            skipped.append((k, f"shape {tuple(v.shape)} in the checkpoint, {tuple(msd[k].shape)} in the model"))
+        else:
+            fitting[k] = v
+    skipped += [(k, "not in the checkpoint, keeps its initial value") for k in msd if k not in state_dict]
+    model.load_state_dict(fitting, strict=False)
+    for k, reason in skipped:
+        logger.info("transfer: skipped %s: %s", k, reason)
+    return len(fitting), skipped
+
+
+def convert(cfg: str | Path, weights: str | Path, output: str | Path | None = None, nc: int | None = None) -> str:
+    """Convert Darknet ``.weights`` to a ``.pt`` checkpoint, or a ``.pt`` to Darknet ``.weights``.
+
+    Args:
+        cfg: the model cfg the weights belong to; nc: its number of classes when not the cfg's.
+        weights: input file; ``.pt``/``.pth`` converts to Darknet, anything else from Darknet.
+        output: output path; default: the input with the other suffix (``x.weights`` <-> ``x.pt``).
+
+    Returns:
+        the output path.
+    """
+    model = Darknet(cfg, nc=nc)
+    weights = Path(weights)
+    load_weights(model, weights)
+    if weights.suffix in (".pt", ".pth"):
+        out = Path(output) if output else weights.with_suffix(".weights")
+        save_weights(model, out)
+    else:
+        out = Path(output) if output else (weights.with_suffix(".pt") if weights.suffix == ".weights" else
+                                           weights.with_name(weights.name + ".pt"))  # fmt: skip
+        ckpt = {"epoch": -1, "best_fitness": None, "training_results": None, "model": model.state_dict(),
+                "optimizer": None}  # fmt: skip
+        tmp = out.with_name(out.name + ".tmp")
+        torch.save(ckpt, tmp)
+        os.replace(tmp, out)
+    logger.info("converted %s to %s", weights, out)
+    return str(out)

@@ -239,9 +239,11 @@ class Darknet(nn.Module):
         img_size: int | tuple[int, int] = (416, 416),
         verbose: bool = False,
         nc: int | None = None,
+        warn_unused: bool = False,
     ):
         super().__init__()
-        blocks = parse_model_cfg(cfg, nc=nc)
+        # Only the trainer asks for the warning about [net] keys it overrides; inference has nothing to override.
+        blocks = parse_model_cfg(cfg, nc=nc, warn=warn_unused)
         self.cfg = str(cfg)
         self.cfg_text = Path(cfg).read_text()
         self.net_def = blocks[0]

@@ -1,0 +1,333 @@
+"""Datasets: image lists, label validation and its messages, the label cache, image formats, items and .data files."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from utils.datasets import (
+    LoadImagesAndLabels,
+    img2label_paths,
+    list_image_files,
+    load_image,
+    main,
+    resize_batch,
+    resolve_data_cfg,
+)
+
+
+def make_dataset(root: Path, labels: dict[str, str | None], sizes: dict[str, tuple[int, int]] | None = None) -> Path:
+    """Write ``root/images/train/<name>.jpg`` (random pixels, default 64x48) and the given label file texts.
+
+    ``labels`` maps an image stem to its label text (None: no label file). Returns the images folder.
+    """
+    images, label_dir = root / "images" / "train", root / "labels" / "train"
+    images.mkdir(parents=True, exist_ok=True)
+    label_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for stem, text in labels.items():
+        w, h = (sizes or {}).get(stem, (64, 48))
+        cv2.imwrite(str(images / f"{stem}.jpg"), rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        if text is not None:
+            (label_dir / f"{stem}.txt").write_text(text)
+    return images
+
+
+GOOD = "0 0.5 0.5 0.2 0.3\n1 0.25 0.25 0.1 0.1\n"
+
+
+# ------------------------------------------------------------------------------------------- image lists
+def test_list_image_files_sources(tmp_path):
+    images = make_dataset(tmp_path, {"b": GOOD, "a": GOOD, "c": None})
+    (images / "notes.md").write_text("not an image")
+    expected = [str(images / f"{s}.jpg") for s in "abc"]
+    assert list_image_files(images) == expected
+    assert list_image_files(str(images / "*.jpg")) == expected
+    listing = tmp_path / "list.txt"
+    listing.write_text("images/train/c.jpg\n\nimages/train/a.jpg\n" + str(images / "a.jpg") + "\n")
+    assert list_image_files(listing) == [expected[0], expected[2]]  # relative to the .txt, de-duplicated
+    assert list_image_files([listing, images / "b.jpg"]) == expected
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        list_image_files(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images found"):
+        list_image_files(tmp_path / "empty")
+
+
+def test_img2label_paths_replaces_last_images_folder():
+    assert img2label_paths(["/d/images/x/images/train/a.b.jpg"]) == ["/d/images/x/labels/train/a.b.txt"]
+    assert img2label_paths(["/d/pics/a.png"]) == ["/d/pics/a.txt"]
+
+
+# ------------------------------------------------------------------------------------------- validation
+def test_report_counts_missing_empty_duplicate(tmp_path, caplog, capsys):
+    images = make_dataset(tmp_path, {"a": GOOD, "b": None, "c": "\n", "d": GOOD + "0 0.5 0.5 0.2 0.3\n"})
+    with caplog.at_level(logging.WARNING):
+        ds = LoadImagesAndLabels(images, img_size=64, nc=2)
+    assert ds.report == {"found": 2, "missing": 1, "empty": 1, "duplicate": 1, "corrupt": 0}
+    assert "d.txt" in caplog.text and "duplicate" in caplog.text
+    assert [len(x) for x in ds.labels] == [2, 0, 0, 2]
+    assert ds.labels[0].dtype == np.float32 and ds.labels[0].shape == (2, 5)
+    assert ds.shapes.tolist() == [[64, 48]] * 4
+    out = capsys.readouterr().out
+    assert "(2 found, 1 missing, 1 empty, 1 duplicate, 0 corrupt)" in out
+
+
+@pytest.mark.parametrize(
+    ("line", "match"),
+    [
+        ("0 0.5 0.5 0.2", "4 columns"),
+        ("0 0.5 0.5 0.2 0.3 0.9", "6 columns"),
+        ("0 0.5 abc 0.2 0.3", "y_center 'abc' is not a number"),
+        ("3 0.5 0.5 0.2 0.3", r"class 3 outside \[0, nc=3\)"),
+        ("-1 0.5 0.5 0.2 0.3", "class '-1' must be an integer >= 0"),
+        ("1.5 0.5 0.5 0.2 0.3", "class '1.5' must be an integer"),
+        ("0 1.2 0.5 0.2 0.3", r"x_center 1.2 outside \[0, 1\]"),
+        ("0 0.5 0.5 -0.2 0.3", r"width -0.2 outside \[0, 1\]"),
+        ("0 0.5 0.5 0.2 0", "height 0 must be > 0"),
+        ("0 0.5 nan 0.2 0.3", "y_center nan outside"),
+    ],
+)
+def test_bad_label_line_names_file_and_line(tmp_path, line, match):
+    images = make_dataset(tmp_path, {"a": GOOD, "b": GOOD + "\n" + line + "\n"})
+    label_file = tmp_path / "labels" / "train" / "b.txt"
+    with pytest.raises(ValueError, match=match) as e:
+        LoadImagesAndLabels(images, img_size=64, nc=3, verbose=False)
+    assert f"{label_file}:4:" in str(e.value)  # the bad row is on line 4 (after 2 rows and a blank line)
+    assert "fix" in str(e.value)
+
+
+def test_class_range_checked_only_with_nc(tmp_path):
+    images = make_dataset(tmp_path, {"a": "7 0.5 0.5 0.2 0.3\n"})
+    assert LoadImagesAndLabels(images, img_size=64, verbose=False).labels[0][0, 0] == 7
+    single = LoadImagesAndLabels(images, img_size=64, single_cls=True, verbose=False)
+    assert single.labels[0][0, 0] == 0
+
+
+def test_undecodable_image_names_file(tmp_path, capsys):
+    images = make_dataset(tmp_path, {"a": GOOD, "b": GOOD})
+    (images / "b.jpg").write_bytes(b"\xff\xd8 this is not a jpeg" * 10)
+    with pytest.raises(ValueError, match="cannot be read or decoded") as e:
+        LoadImagesAndLabels(images, img_size=64, nc=2)
+    assert str(images / "b.jpg") in str(e.value)
+    assert "1 corrupt" in capsys.readouterr().out
+    assert not (tmp_path / "labels" / "train.cache").exists()  # a failed scan is not cached
+
+
+def test_cache_written_reused_and_invalidated(tmp_path, capsys):
+    images = make_dataset(tmp_path, {"a": GOOD, "b": "2 0.5 0.5 0.5 0.5\n"})
+    cache = tmp_path / "labels" / "train.cache"
+    first = LoadImagesAndLabels(images, img_size=64, nc=3)
+    assert cache.is_file() and "from cache" not in capsys.readouterr().out
+    second = LoadImagesAndLabels(images, img_size=64, nc=3)
+    assert "from cache" in capsys.readouterr().out
+    for x, y in zip(first.labels, second.labels):
+        np.testing.assert_array_equal(x, y)
+    assert second.shapes.tolist() == first.shapes.tolist() and second.report == first.report
+
+    (tmp_path / "labels" / "train" / "b.txt").write_text("1 0.4 0.4 0.2 0.2\n0 0.1 0.1 0.1 0.1\n")
+    third = LoadImagesAndLabels(images, img_size=64, nc=3)
+    assert "from cache" not in capsys.readouterr().out
+    np.testing.assert_allclose(third.labels[1], [[1, 0.4, 0.4, 0.2, 0.2], [0, 0.1, 0.1, 0.1, 0.1]])
+
+    os.remove(tmp_path / "labels" / "train" / "a.txt")  # a label file disappearing also invalidates
+    assert LoadImagesAndLabels(images, img_size=64, nc=3, verbose=False).report["missing"] == 1
+
+
+def test_corrupt_cache_file_is_rebuilt(tmp_path):
+    images = make_dataset(tmp_path, {"a": GOOD})
+    (tmp_path / "labels" / "train.cache").write_bytes(b"garbage")
+    ds = LoadImagesAndLabels(images, img_size=64, nc=3, verbose=False)
+    assert ds.report["found"] == 1
+
+
+# ------------------------------------------------------------------------------------------- image formats
+def test_special_images_load_as_3_channel_bgr(tmp_path):
+    images = tmp_path / "images" / "train"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(images / "deep.png"), rng.integers(0, 65535, (30, 40, 3), dtype=np.uint16))
+    cv2.imwrite(str(images / "gray16.png"), rng.integers(0, 65535, (30, 40), dtype=np.uint16))
+    cv2.imwrite(str(images / "alpha.png"), rng.integers(0, 255, (30, 40, 4), dtype=np.uint8))
+    cv2.imwrite(str(images / "gray.jpg"), rng.integers(0, 255, (30, 40), dtype=np.uint8))
+    pil = Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8))  # stored 40 wide, 30 high
+    exif = pil.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees when displayed: 30 wide, 40 high
+    pil.save(images / "rotated.jpg", exif=exif.tobytes())
+
+    ds = LoadImagesAndLabels(images, img_size=80, verbose=False)
+    shapes = dict(zip((Path(f).name for f in ds.img_files), ds.shapes.tolist()))
+    assert shapes == {"alpha.png": [40, 30], "deep.png": [40, 30], "gray.jpg": [40, 30], "gray16.png": [40, 30],
+                      "rotated.jpg": [30, 40]}  # fmt: skip
+    for f in ds.img_files:
+        img, (h0, w0), (h, w) = load_image(f, 80)
+        assert img.dtype == np.uint8 and img.shape == (h, w, 3)
+        assert [w0, h0] == shapes[Path(f).name]
+        assert max(h, w) == 80
+    for i in range(len(ds)):
+        img, _, _, shapes_i = ds[i]
+        assert img.shape == (3, 80, 80) and img.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("img_size", [320, 160, 100, 64, 416])
+def test_reduced_jpeg_decode_gives_the_plain_size(tmp_path, img_size):
+    path = str(tmp_path / "x.jpg")
+    cv2.imwrite(path, np.random.default_rng(0).integers(0, 255, (481, 641, 3), dtype=np.uint8))
+    plain, hw0, hw = load_image(path, img_size)
+    fast, hw0_fast, hw_fast = load_image(path, img_size, shape_hw0=(481, 641), orientation=1)
+    assert (hw0, hw) == (hw0_fast, hw_fast) and plain.shape == fast.shape
+    assert np.abs(plain.astype(int) - fast.astype(int)).mean() < 40  # same picture (random noise: loose)
+
+
+# ------------------------------------------------------------------------------------------- items
+def test_item_letterbox_labels_and_shapes(tmp_path):
+    images = make_dataset(tmp_path, {"a": "1 0.5 0.5 0.5 0.25\n"}, sizes={"a": (128, 64)})
+    ds = LoadImagesAndLabels(images, img_size=64, nc=2, verbose=False)
+    img, labels, path, shapes = ds[0]
+    assert img.shape == (3, 64, 64) and path == str(images / "a.jpg")
+    assert shapes == ((64, 128), ((0.5, 0.5), (0.0, 16.0)))
+    # box 64x16 px in the 128x64 image -> 32x8 in the 64x32 resized image, padded 16 px top and bottom
+    np.testing.assert_allclose(labels.numpy(), [[0, 1, 0.5, 0.5, 0.5, 0.125]], atol=1e-6)
+
+
+def test_items_are_pure_functions_of_seed_epoch_index(tmp_path):
+    images = make_dataset(tmp_path, dict.fromkeys("abcd", GOOD))
+    kw = {"img_size": 64, "augment": True, "nc": 2, "verbose": False}
+    ds1, ds2 = LoadImagesAndLabels(images, **kw), LoadImagesAndLabels(images, **kw)
+    for i in (2, 0):
+        a, b = ds1[i], ds2[i]
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    ds2.set_epoch(1)
+    assert not torch.equal(ds1[0][0], ds2[0][0])
+    assert not torch.equal(LoadImagesAndLabels(images, seed=1, **kw)[0][0], ds1[0][0])
+
+
+def test_augmented_items_without_mosaic(tmp_path):
+    images = make_dataset(tmp_path, dict.fromkeys("ab", GOOD))
+    hyp = {"hsv_h": 0.01, "hsv_s": 0.5, "hsv_v": 0.3, "degrees": 5, "translate": 0.1, "scale": 0.1, "shear": 2}
+    ds = LoadImagesAndLabels(images, img_size=64, batch_size=2, augment=True, hyp=hyp, rect=True, verbose=False)
+    assert not ds.mosaic
+    for i in range(2):
+        img, labels, _, shapes = ds[i]
+        assert tuple(img.shape[1:]) == tuple(ds.batch_shapes[0]) and shapes is not None
+        assert ((labels[:, 2:] >= 0) & (labels[:, 2:] <= 1)).all()
+    with pytest.raises(ValueError, match="missing augmentation keys"):
+        LoadImagesAndLabels(images, img_size=64, augment=True, hyp={"hsv_h": 0.1}, verbose=False)
+
+
+def test_rect_sorts_by_aspect_and_shapes_batches(tmp_path):
+    sizes = {"a": (64, 32), "b": (32, 64), "c": (64, 64), "d": (60, 40)}
+    images = make_dataset(tmp_path, dict.fromkeys(sizes, GOOD), sizes=sizes)
+    ds = LoadImagesAndLabels(images, img_size=64, batch_size=2, rect=True, pad=0.5, verbose=False)
+    assert [Path(f).stem for f in ds.img_files] == ["a", "d", "c", "b"]  # h/w ascending
+    assert ds.batch.tolist() == [0, 0, 1, 1]
+    assert ds.batch_indices() == [[0, 1], [2, 3]]
+    # batch 0: ar max 40/60 -> (h, w) = ceil((2/3*64/32 + 0.5))*32, ceil(64/32 + 0.5)*32
+    assert ds.batch_shapes.tolist() == [[64, 96], [96, 96]]
+    imgs, targets, paths, shapes = LoadImagesAndLabels.collate_fn([ds[0], ds[1]])
+    assert imgs.shape == (2, 3, 64, 96) and imgs.dtype == torch.uint8
+    assert targets[:, 0].tolist() == [0, 0, 1, 1] and len(paths) == len(shapes) == 2
+
+
+def test_resize_batch():
+    imgs = torch.rand(2, 3, 64, 96)
+    assert resize_batch(imgs, 96) is imgs
+    assert resize_batch(imgs, 128).shape == (2, 3, 96, 128)
+    assert resize_batch(imgs, 100).shape == (2, 3, 96, 128)  # sides rounded up to multiples of 32
+
+
+# ------------------------------------------------------------------------------------------- coco128
+def test_coco128_report_and_grayscale(coco128_dir):
+    ds = LoadImagesAndLabels(coco128_dir / "images" / "train2017", img_size=320, nc=80, verbose=False)
+    assert ds.n == 128 and len(ds.img_files) == 128
+    assert ds.report == {"found": 126, "missing": 2, "empty": 0, "duplicate": 0, "corrupt": 0}
+    assert sum(len(x) for x in ds.labels) == 929
+    gray = str(coco128_dir / "images" / "train2017" / "000000000086.jpg")
+    img, (h0, w0), (h, w) = load_image(gray, 320)
+    assert img.shape == (h, w, 3) and max(h, w) == 320
+    assert list(ds.shapes[ds.img_files.index(gray)]) == [w0, h0]
+
+
+def test_coco128_mosaic_batch(coco128_dir):
+    ds = LoadImagesAndLabels(coco128_dir / "images" / "train2017", img_size=320, augment=True, nc=80, verbose=False)
+    imgs, targets, paths, shapes = LoadImagesAndLabels.collate_fn([ds[i] for i in range(8)])
+    assert imgs.shape == (8, 3, 320, 320) and imgs.dtype == torch.uint8
+    assert targets.shape[1] == 6 and len(targets) > 0 and shapes == (None,) * 8
+    assert set(targets[:, 0].long().tolist()) <= set(range(8))
+    xywh = targets[:, 2:]
+    assert (xywh >= 0).all() and (xywh <= 1).all() and (xywh[:, 2:] > 0).all()
+    assert (xywh[:, :2] - xywh[:, 2:] / 2 >= -1e-6).all() and (xywh[:, :2] + xywh[:, 2:] / 2 <= 1 + 1e-6).all()
+
+
+def test_coco128_corrupted_copies(coco128_dir, tmp_path):
+    """Real files copied to tmp_path, then broken: a bad label row and an image that is not a JPEG."""
+    stems = ["000000000009", "000000000025", "000000000030"]
+    images, labels = tmp_path / "images" / "train2017", tmp_path / "labels" / "train2017"
+    images.mkdir(parents=True)
+    labels.mkdir(parents=True)
+    for s in stems:
+        shutil.copy(coco128_dir / "images" / "train2017" / f"{s}.jpg", images)
+        shutil.copy(coco128_dir / "labels" / "train2017" / f"{s}.txt", labels)
+    assert LoadImagesAndLabels(images, img_size=320, nc=80, verbose=False).report["found"] == 3
+    rows = (labels / f"{stems[1]}.txt").read_text().splitlines()
+    rows[1] = "80" + rows[1][rows[1].index(" ") :]
+    (labels / f"{stems[1]}.txt").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=rf"{stems[1]}.txt:2: class 80 outside \[0, nc=80\)"):
+        LoadImagesAndLabels(images, img_size=320, nc=80, verbose=False)
+    shutil.copy(coco128_dir / "labels" / "train2017" / f"{stems[1]}.txt", labels)
+    (images / f"{stems[2]}.jpg").write_bytes((coco128_dir / "labels" / "train2017" / f"{stems[2]}.txt").read_bytes())
+    with pytest.raises(ValueError, match=f"1 image.*{stems[2]}.jpg"):
+        LoadImagesAndLabels(images, img_size=320, nc=80, verbose=False)
+
+
+# ------------------------------------------------------------------------------------------- .data files
+def _write_data(folder: Path, train: str, names: str = "a\nb\n", classes: int = 2) -> Path:
+    (folder / "x.names").write_text(names)
+    data = folder / "x.data"
+    data.write_text(f"# test\nclasses={classes}\ntrain={train}\nvalid={train}\nnames=x.names\n")
+    return data
+
+
+def test_resolve_data_cfg_relative_to_data_then_cwd(tmp_path, monkeypatch):
+    images = make_dataset(tmp_path / "ds", {"a": GOOD})
+    cfg_dir = tmp_path / "cfg"
+    cfg_dir.mkdir()
+    (cfg_dir / "ds").symlink_to(tmp_path / "ds")
+    cfg = resolve_data_cfg(_write_data(cfg_dir, "ds/images/train"))
+    assert cfg["classes"] == 2 and cfg["names"] == ["a", "b"]
+    assert cfg["train"] == str(cfg_dir / "ds" / "images" / "train") == cfg["valid"]
+    monkeypatch.chdir(tmp_path)  # not beside the .data file: found from the working directory
+    data = _write_data(cfg_dir, "ds/images/train,ds/images/train/a.jpg")
+    (cfg_dir / "ds").unlink()
+    cfg = resolve_data_cfg(data)
+    assert cfg["train"] == [str(images), str(images / "a.jpg")]
+
+
+def test_resolve_data_cfg_errors(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as e:
+        resolve_data_cfg(_write_data(tmp_path, "missing/images"))
+    assert str(tmp_path / "missing" / "images") in str(e.value) and str(Path.cwd() / "missing") in str(e.value)
+    make_dataset(tmp_path, {"a": GOOD})
+    with pytest.raises(ValueError, match="x.names: 1 names but .* classes=2"):
+        resolve_data_cfg(_write_data(tmp_path, "images/train", names="only\n"))
+
+
+def test_check_cli(tmp_path, capsys):
+    make_dataset(tmp_path, {"a": GOOD, "b": None})
+    png = tmp_path / "labels.png"
+    assert main(["check", str(_write_data(tmp_path, "images/train")), "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "1 found, 1 missing" in out and "all" in out and png.is_file()
+    (tmp_path / "labels" / "train" / "b.txt").write_text("5 0.5 0.5 0.1 0.1\n")
+    assert main(["check", str(tmp_path / "x.data")]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'labels' / 'train' / 'b.txt'}:1: class 5 outside" in err and "Traceback" not in err

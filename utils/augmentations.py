@@ -1,0 +1,261 @@
+"""Image augmentations for detection: letterbox, HSV jitter, random affine, 4-image mosaic and left-right flip.
+
+Images are HWC BGR ``uint8`` ndarrays as ``cv2.imread`` returns them. Every random choice comes from an explicit
+``np.random.Generator`` passed by the caller, so each augmentation is a pure function of its inputs and the
+generator's state (the dataset seeds one generator per item and epoch).
+
+Label formats are in the names: ``targets`` / ``labels4`` are ``(n, 5)`` rows ``class, x1, y1, x2, y2`` in
+pixels (xyxy); ``labels_xywh`` are ``(n, 5)`` rows ``class, x, y, w, h`` normalised to 0..1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+PAD_VALUE = 114  # grey used for padding and for the mosaic canvas, as in the reference trainer
+
+
+def letterbox(
+    img: np.ndarray,
+    new_shape: int | Sequence[int] = (416, 416),
+    color: tuple[int, int, int] = (PAD_VALUE, PAD_VALUE, PAD_VALUE),
+    auto: bool = True,
+    scaleFill: bool = False,  # the reference's argument name, kept for its users
+    scaleup: bool = True,
+) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
+    """Resize ``img`` keeping its aspect ratio and pad it to ``new_shape``.
+
+    Args:
+        img: (h, w, c) uint8 image.
+        new_shape: target ``(h, w)`` or one int for a square.
+        color: padding colour.
+        auto: pad only up to the next multiple of 32 (minimum rectangle) instead of to ``new_shape``.
+        scaleFill: stretch to exactly ``new_shape`` without padding (ratios then differ for w and h).
+        scaleup: allow enlarging; when False the ratio is capped at 1 (small images are only padded).
+
+    Returns:
+        ``(img, (rw, rh), (dw, dh))``: the new image (always a new array), the width and height ratios applied
+        to the input, and the half paddings in pixels as floats (left pad = ``round(dw - 0.1)``, right pad =
+        ``round(dw + 0.1)``, likewise top/bottom with ``dh``). A point ``(x, y)`` of the input maps to
+        ``(x * rw + dw, y * rh + dh)`` up to the sub-pixel rounding of the pads.
+    """
+    shape = img.shape[:2]  # h, w
+    if isinstance(new_shape, int):
+        new_shape = (new_shape, new_shape)
+    r = min(new_shape[0] / shape[0], new_shape[1] / shape[1])
+    if not scaleup:
+        r = min(r, 1.0)
+    ratio = (r, r)
+    new_unpad = (int(round(shape[1] * r)), int(round(shape[0] * r)))  # w, h
+    dw, dh = new_shape[1] - new_unpad[0], new_shape[0] - new_unpad[1]
+    if auto:
+        dw, dh = dw % 32, dh % 32
+    elif scaleFill:
+        dw, dh = 0, 0
+        new_unpad = (new_shape[1], new_shape[0])
+        ratio = (new_shape[1] / shape[1], new_shape[0] / shape[0])
+    dw, dh = dw / 2, dh / 2
+
+    if (shape[1], shape[0]) != new_unpad:
+        img = cv2.resize(img, new_unpad, interpolation=cv2.INTER_LINEAR)
+    top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
+    left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
+    img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=color)
+    return img, ratio, (dw, dh)
+
+
+def augment_hsv(img: np.ndarray, hgain: float, sgain: float, vgain: float, rng: np.random.Generator) -> np.ndarray:
+    """Jitter hue, saturation and value of a BGR uint8 image by random gains in ``1 +- gain``.
+
+    Hue is multiplied modulo 180 (OpenCV's 8-bit hue range), saturation and value are multiplied and clipped to
+    255. Returns a new image; with all gains 0 it is an unchanged copy (the lossy HSV round trip is skipped).
+    """
+    r = rng.uniform(-1, 1, 3) * (hgain, sgain, vgain) + 1
+    if np.all(r == 1):
+        return img.copy()
+    x = np.arange(256, dtype=np.float64)
+    lut = np.empty((1, 256, 3), dtype=np.uint8)
+    lut[0, :, 0] = ((x * r[0]) % 180).astype(np.uint8)
+    lut[0, :, 1] = np.clip(x * r[1], 0, 255).astype(np.uint8)
+    lut[0, :, 2] = np.clip(x * r[2], 0, 255).astype(np.uint8)
+    hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
+    cv2.LUT(hsv, lut, dst=hsv)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+
+
+def _translate(img: np.ndarray, tx: int, ty: int, height: int, width: int) -> np.ndarray:
+    """Shift ``img`` by integer pixels into a new ``(height, width)`` canvas filled with ``PAD_VALUE``.
+
+    Equal to ``cv2.warpAffine`` with a pure integer translation matrix and a constant border, but a plain copy.
+    """
+    h, w = img.shape[:2]
+    out = np.full((height, width, *img.shape[2:]), PAD_VALUE, dtype=img.dtype)
+    x0, x1 = max(tx, 0), min(w + tx, width)
+    y0, y1 = max(ty, 0), min(h + ty, height)
+    if x1 > x0 and y1 > y0:
+        out[y0:y1, x0:x1] = img[y0 - ty : y1 - ty, x0 - tx : x1 - tx]
+    return out
+
+
+def affine_matrix(
+    img_hw: Sequence[int],
+    degrees: float,
+    translate: float,
+    scale: float,
+    shear: float,
+    border: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, float]:
+    """Draw the random affine transform of :func:`random_affine` for an image of size ``img_hw`` = (h, w).
+
+    Returns ``(M, s)``: the 3x3 matrix mapping input pixels to output pixels and the random scale ``s``.
+    ``M = S @ T @ R`` (rotation+scale about the image centre, then translation, then shear), the reference's order.
+    """
+    h, w = img_hw[0], img_hw[1]
+    a = rng.uniform(-degrees, degrees)
+    s = rng.uniform(1 - scale, 1 + scale)
+    R = np.eye(3)
+    R[:2] = cv2.getRotationMatrix2D(center=(w / 2, h / 2), angle=a, scale=s)
+    T = np.eye(3)
+    T[0, 2] = rng.uniform(-translate, translate) * w + border
+    T[1, 2] = rng.uniform(-translate, translate) * h + border
+    S = np.eye(3)
+    S[0, 1] = math.tan(math.radians(rng.uniform(-shear, shear)))
+    S[1, 0] = math.tan(math.radians(rng.uniform(-shear, shear)))
+    return S @ T @ R, s
+
+
+def warp_image(img: np.ndarray, M: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Apply the 3x3 affine ``M`` to ``img`` into a new ``(height, width)`` image, grey (114) outside.
+
+    A pure integer translation (the default hyperparameters: no rotation, scale or shear) is done by copying
+    slices, which gives the same pixels as ``cv2.warpAffine`` (bilinear weights are exactly 0/1) much faster.
+    """
+    t = M[:2, 2]
+    if np.array_equal(M[:2, :2], np.eye(2)) and np.array_equal(t, np.round(t)):
+        return _translate(img, int(t[0]), int(t[1]), height, width)
+    return cv2.warpAffine(
+        img, M[:2], dsize=(width, height), flags=cv2.INTER_LINEAR, borderValue=(PAD_VALUE, PAD_VALUE, PAD_VALUE)
+    )
+
+
+def transform_boxes(targets: np.ndarray, M: np.ndarray, s: float, height: int, width: int) -> np.ndarray:
+    """Map xyxy pixel boxes through the affine ``M`` and drop the ones the transform made degenerate.
+
+    Args:
+        targets: (n, 5) ``class, x1, y1, x2, y2`` in input pixels.
+        M: 3x3 affine matrix; s: its random scale factor.
+        height, width: output image size; boxes are clipped to it.
+
+    Returns:
+        (m, 5) float32 rows for the kept boxes: the min/max of the 4 transformed corners, clipped, kept when
+        w > 2 and h > 2 pixels, area / (original area * s) > 0.2 and aspect ratio < 20.
+    """
+    n = len(targets)
+    if n == 0:
+        return np.zeros((0, 5), dtype=np.float32)
+    corners = np.ones((n * 4, 3))
+    corners[:, :2] = targets[:, [1, 2, 3, 4, 1, 4, 3, 2]].reshape(n * 4, 2)  # x1y1, x2y2, x1y2, x2y1
+    corners = (corners @ M.T)[:, :2].reshape(n, 8)
+    x, y = corners[:, 0::2], corners[:, 1::2]
+    xy = np.stack((x.min(1), y.min(1), x.max(1), y.max(1)), 1)
+    xy[:, [0, 2]] = xy[:, [0, 2]].clip(0, width)
+    xy[:, [1, 3]] = xy[:, [1, 3]].clip(0, height)
+    w, h = xy[:, 2] - xy[:, 0], xy[:, 3] - xy[:, 1]
+    area0 = (targets[:, 3] - targets[:, 1]) * (targets[:, 4] - targets[:, 2])
+    ar = np.maximum(w / (h + 1e-16), h / (w + 1e-16))
+    keep = (w > 2) & (h > 2) & (w * h / (area0 * s + 1e-16) > 0.2) & (ar < 20)
+    out = np.empty((int(keep.sum()), 5), dtype=np.float32)
+    out[:, 0] = targets[keep, 0]
+    out[:, 1:] = xy[keep]
+    return out
+
+
+def random_affine(
+    img: np.ndarray,
+    targets: np.ndarray,
+    degrees: float = 10,
+    translate: float = 0.1,
+    scale: float = 0.1,
+    shear: float = 10,
+    border: int = 0,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random rotation, scale, translation and shear of an image and its boxes.
+
+    Args:
+        img: (h, w, c) uint8 image.
+        targets: (n, 5) ``class, x1, y1, x2, y2`` pixels of ``img``.
+        degrees: rotation range +-degrees; translate: fraction of the image size; scale: gain range 1 +- scale;
+        shear: +-degrees for x and y.
+        border: pixels added on each side of the output (negative crops: the mosaic uses ``-size // 2`` to cut
+            its 2s x 2s canvas down to s x s).
+        rng: the random generator (required).
+
+    Returns:
+        ``(img, targets)``: the new (h + 2 border, w + 2 border, c) image and the kept boxes (m, 5) float32 xyxy.
+    """
+    if rng is None:
+        raise ValueError("random_affine needs an explicit rng (np.random.Generator)")
+    height, width = img.shape[0] + 2 * border, img.shape[1] + 2 * border
+    M, s = affine_matrix(img.shape[:2], degrees, translate, scale, shear, border, rng)
+    if border != 0 or not np.array_equal(M, np.eye(3)):
+        img = warp_image(img, M, height, width)
+    else:
+        img = img.copy()
+    return img, transform_boxes(np.asarray(targets, dtype=np.float32).reshape(-1, 5), M, s, height, width)
+
+
+def mosaic(
+    imgs: Sequence[np.ndarray], labels_xywh: Sequence[np.ndarray], size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tile 4 images around a random centre of a 2size x 2size grey canvas.
+
+    Args:
+        imgs: 4 (h, w, 3) uint8 images (already resized so their long side is ``size``), placed top-left,
+            top-right, bottom-left, bottom-right of the centre; what falls outside the canvas is cropped.
+        labels_xywh: 4 arrays (n_i, 5) ``class, x, y, w, h`` normalised to their image.
+        size: the output size s of the training image (the canvas is 2s x 2s).
+        rng: draws the centre ``(xc, yc)``, each uniform in [s/2, 3s/2).
+
+    Returns:
+        ``(img4, labels4)``: the (2s, 2s, 3) canvas and (n, 5) float32 ``class, x1, y1, x2, y2`` canvas pixels,
+        clipped to [0, 2s]. Callers then apply :func:`random_affine` with ``border=-s // 2``.
+    """
+    s = size
+    xc, yc = (int(rng.uniform(s * 0.5, s * 1.5)) for _ in range(2))
+    img4 = np.full((2 * s, 2 * s, imgs[0].shape[2]), PAD_VALUE, dtype=np.uint8)
+    out = []
+    for k, (img, lab) in enumerate(zip(imgs, labels_xywh)):
+        h, w = img.shape[:2]
+        # Canvas rectangle (x1a..x2a, y1a..y2a) of the image placed against the centre, before clipping.
+        x1a = xc - w if k in (0, 2) else xc
+        y1a = yc - h if k in (0, 1) else yc
+        cx1, cy1 = max(x1a, 0), max(y1a, 0)
+        cx2, cy2 = min(x1a + w, 2 * s), min(y1a + h, 2 * s)
+        img4[cy1:cy2, cx1:cx2] = img[cy1 - y1a : cy2 - y1a, cx1 - x1a : cx2 - x1a]
+        lab = np.asarray(lab, dtype=np.float32).reshape(-1, 5)
+        px = np.empty_like(lab)
+        px[:, 0] = lab[:, 0]
+        px[:, 1] = w * (lab[:, 1] - lab[:, 3] / 2) + x1a
+        px[:, 2] = h * (lab[:, 2] - lab[:, 4] / 2) + y1a
+        px[:, 3] = w * (lab[:, 1] + lab[:, 3] / 2) + x1a
+        px[:, 4] = h * (lab[:, 2] + lab[:, 4] / 2) + y1a
+        out.append(px)
+    labels4 = np.concatenate(out, 0)
+    np.clip(labels4[:, 1:], 0, 2 * s, out=labels4[:, 1:])
+    return img4, labels4
+
+
+def fliplr(img: np.ndarray, labels_xywh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror an image left-right and its (n, 5) normalised ``class, x, y, w, h`` labels (x -> 1 - x).
+
+    Returns a flipped view of ``img`` (no copy; the caller makes the final contiguous array) and new labels.
+    """
+    labels = np.array(labels_xywh, dtype=np.float32).reshape(-1, 5)
+    labels[:, 1] = 1 - labels[:, 1]
+    return img[:, ::-1], labels

@@ -1,0 +1,680 @@
+"""Detection datasets: image lists, label validation and caching, ``LoadImagesAndLabels`` and ``.data`` files.
+
+Labels are found as ultralytics users expect: the last ``images`` folder of an image's path becomes ``labels``
+and the extension ``.txt`` (``data/x/images/train/a.jpg`` -> ``data/x/labels/train/a.txt``); an image with no
+``images`` folder in its path has its label file beside it. A label file has one box per line,
+``class x_center y_center width height``, normalised to 0..1.
+
+Every label file and image is checked once, when the dataset is opened (in the main process, so no error can
+surface from inside a DataLoader worker); the result is cached in ``<labels folder>.cache`` next to the labels
+folder, keyed by the paths, sizes and modification times of all images and label files (and ``CACHE_VERSION``
+and ``nc``), so editing any file rebuilds it. Folders whose permission bits forbid writing (read-only dataset
+mounts) get no cache.
+
+Command line: ``python -m utils.datasets check data/coco128.data [--img-size 416] [--plot labels.png]`` validates
+the train and valid sets of a ``.data`` file, prints the report and the per-class counts, and exits 1 on any error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import zipfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+
+from utils.augmentations import augment_hsv, fliplr, letterbox, mosaic, random_affine
+from utils.boxes import xyxy2xywh
+from utils.hyp import DEFAULT_HYP
+from utils.parse_config import parse_data_cfg
+from utils.shapes import ensure_builtin_dataset
+
+LOGGER = logging.getLogger(__name__)
+
+IMG_FORMATS = (".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".dng", ".webp")
+CACHE_VERSION = 1  # bump when the cache layout or the validation rules change
+AUGMENT_KEYS = ("hsv_h", "hsv_s", "hsv_v", "degrees", "translate", "scale", "shear")
+_EXIF_ORIENTATION = 0x0112
+_REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+# ----------------------------------------------------------------------------------------------- file lists
+def list_image_files(path: str | Path | Sequence[str | Path]) -> list[str]:
+    """Image paths of a dataset source, sorted and de-duplicated.
+
+    ``path`` is a folder (its images, not recursive), a ``.txt`` file listing image paths one per line
+    (relative entries resolve against the ``.txt``'s folder), a single image, a glob pattern, or a list of these.
+    Image extensions are ``IMG_FORMATS`` (any case).
+
+    Raises:
+        FileNotFoundError: a source that does not exist (naming it).
+        ValueError: no images found (naming the source).
+    """
+    sources = list(path) if isinstance(path, (list, tuple)) else [path]
+    files: list[str] = []
+    for src in sources:
+        p = Path(src)
+        if p.is_dir():
+            files += [str(q) for q in p.iterdir() if q.suffix.lower() in IMG_FORMATS]
+        elif p.is_file() and p.suffix.lower() == ".txt":
+            for line in p.read_text().splitlines():
+                entry = line.strip()
+                if entry:
+                    files.append(entry if Path(entry).is_absolute() else str(p.parent / entry))
+        elif p.is_file():
+            files.append(str(p))
+        elif any(c in str(src) for c in "*?["):  # a glob pattern
+            files += [f for f in glob.glob(str(src), recursive=True) if os.path.isfile(f)]
+        else:
+            raise FileNotFoundError(f"{src}: not an image folder, a .txt list of images, an image or a glob pattern")
+    files = sorted({os.path.normpath(f) for f in files if Path(f).suffix.lower() in IMG_FORMATS})
+    if not files:
+        raise ValueError(f"{path}: no images found (extensions {', '.join(IMG_FORMATS)})")
+    return files
+
+
+def img2label_paths(img_files: Sequence[str]) -> list[str]:
+    """Label file of each image: the last ``images`` folder of the path replaced by ``labels``, suffix ``.txt``."""
+    out = []
+    for f in img_files:
+        parts = list(Path(f).parts)
+        for k in range(len(parts) - 2, -1, -1):
+            if parts[k] == "images":
+                parts[k] = "labels"
+                break
+        out.append(str(Path(*parts).with_suffix(".txt")))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ label validation
+def read_label_file(label_file: str | Path, nc: int | None = None) -> tuple[np.ndarray | None, int]:
+    """Read and validate one YOLO label file.
+
+    Returns:
+        ``(labels, n_duplicates)``: labels (n, 5) float32 ``class, x, y, w, h`` normalised, with duplicate rows
+        removed (first occurrence kept, a warning names the file), or None when the file does not exist.
+
+    Raises:
+        ValueError: ``"file:line: ..."`` naming the value, the rule and the fix for a row with the wrong number of
+        columns, a non-numeric value, a class that is not an integer in ``[0, nc)``, a coordinate outside
+        ``[0, 1]`` or a non-positive width or height; or naming the file when it cannot be read as text.
+    """
+    try:
+        text = Path(label_file).read_text()
+    except FileNotFoundError:
+        return None, 0
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{label_file}: cannot read label file ({e}); fix: make it a readable UTF-8 text file") from e
+    rows = []
+    for line_no, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        rows.append(_parse_label_line(fields, f"{label_file}:{line_no}", nc))
+    if not rows:
+        return np.zeros((0, 5), dtype=np.float32), 0
+    labels = np.array(rows, dtype=np.float32)
+    _, first = np.unique(labels, axis=0, return_index=True)
+    n_dup = len(labels) - len(first)
+    if n_dup:
+        LOGGER.warning("%s: dropped %d duplicate label row(s)", label_file, n_dup)
+        labels = labels[np.sort(first)]
+    return labels, n_dup
+
+
+_FIELDS = ("class", "x_center", "y_center", "width", "height")
+
+
+def _parse_label_line(fields: list[str], where: str, nc: int | None) -> list[float]:
+    """Validate one label row split into fields; ``where`` is ``"file:line"`` for the error messages."""
+    if len(fields) != 5:
+        raise ValueError(
+            f"{where}: {len(fields)} columns {' '.join(fields)!r}; expected 5: 'class x_center y_center width height'"
+            " (fix: one box per line, normalised xywh)"
+        )
+    values = []
+    for name, field in zip(_FIELDS, fields):
+        try:
+            values.append(float(field))
+        except ValueError:
+            raise ValueError(f"{where}: {name} {field!r} is not a number (fix: every column must be numeric)") from None
+    c = values[0]
+    if not (math.isfinite(c) and c >= 0 and c == int(c)):
+        raise ValueError(f"{where}: class {fields[0]!r} must be an integer >= 0 (fix: use the 0-based class index)")
+    if nc is not None and c >= nc:
+        raise ValueError(
+            f"{where}: class {int(c)} outside [0, nc={nc}) (fix: use indices 0..{nc - 1} or raise classes= in the "
+            ".data file)"
+        )
+    for name, v, field in zip(_FIELDS[1:], values[1:], fields[1:]):
+        if not 0 <= v <= 1:
+            raise ValueError(
+                f"{where}: {name} {field} outside [0, 1] (fix: coordinates are normalised: divide pixels by the "
+                "image width/height)"
+            )
+    for name, v, field in zip(_FIELDS[3:], values[3:], fields[3:]):
+        if not v > 0:
+            raise ValueError(f"{where}: {name} {field} must be > 0 (fix: remove the empty box)")
+    return values
+
+
+def read_image_size(path: str) -> tuple[int, int, int] | None:
+    """``(w, h, orientation)`` of an image as ``cv2.imread`` will return it (after EXIF rotation), or None.
+
+    The size and the EXIF orientation come from the file header (Pillow, fast); the image is then decoded at
+    1/8 scale with OpenCV to make sure the loader can read it. ``orientation`` is the EXIF tag (1 = upright), or
+    0 when unknown. None means the file cannot be decoded.
+    """
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            try:
+                orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1))
+            except (OSError, ValueError, SyntaxError, TypeError):
+                orientation = 0
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        img = cv2.imread(path, cv2.IMREAD_COLOR)  # a format Pillow does not read: let OpenCV decide
+        return None if img is None else (img.shape[1], img.shape[0], 0)
+    if orientation in (5, 6, 7, 8):  # rotated by 90 degrees: OpenCV returns the image transposed
+        w, h = h, w
+    if cv2.imread(path, cv2.IMREAD_REDUCED_GRAYSCALE_8) is None:
+        return None
+    return w, h, orientation
+
+
+def scan_dataset(
+    img_files: Sequence[str], label_files: Sequence[str], nc: int | None = None, workers: int | None = None
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, dict[str, int], list[str]]:
+    """Validate every label file and image.
+
+    Returns:
+        ``(labels, shapes, orientation, report, corrupt)``: per image (n, 5) float32 normalised labels, shapes (n, 2)
+        int64 (w, h), EXIF orientations (n,), the counts ``found, missing, empty, duplicate, corrupt`` (label files
+        with boxes / without a file / with no rows / with duplicate rows dropped; undecodable images) and the
+        undecodable image paths.
+
+    Raises:
+        ValueError: the first invalid label row, as ``read_label_file`` describes.
+    """
+    report = {"found": 0, "missing": 0, "empty": 0, "duplicate": 0, "corrupt": 0}
+    labels = []
+    for lf in label_files:
+        lab, n_dup = read_label_file(lf, nc)
+        if lab is None:
+            report["missing"] += 1
+            lab = np.zeros((0, 5), dtype=np.float32)
+        elif len(lab) == 0:
+            report["empty"] += 1
+        else:
+            report["found"] += 1
+        report["duplicate"] += int(n_dup > 0)
+        labels.append(lab)
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        sizes = list(pool.map(read_image_size, img_files))
+    corrupt = [f for f, s in zip(img_files, sizes) if s is None]
+    report["corrupt"] = len(corrupt)
+    shapes = np.array([s[:2] if s else (0, 0) for s in sizes], dtype=np.int64).reshape(-1, 2)
+    orientation = np.array([s[2] if s else 0 for s in sizes], dtype=np.int64)
+    return labels, shapes, orientation, report, corrupt
+
+
+# --------------------------------------------------------------------------------------------- label cache
+def cache_key(img_files: Sequence[str], label_files: Sequence[str], nc: int | None) -> str:
+    """Hash of ``CACHE_VERSION``, ``nc`` and every image's and label file's path, size and modification time."""
+    h = hashlib.sha256(f"v{CACHE_VERSION}|nc={nc}|n={len(img_files)}\n".encode())
+    for f in (*img_files, *label_files):
+        try:
+            st = os.stat(f)
+            h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{f}|-\n".encode())
+    return h.hexdigest()
+
+
+def load_cache(cache_path: Path, key: str) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, dict] | None:
+    """Labels, shapes, orientations and report from ``cache_path`` if it exists and matches ``key``, else None."""
+    try:
+        with np.load(cache_path, allow_pickle=False) as z:
+            if str(z["key"]) != key:
+                return None
+            counts = z["counts"]
+            labels = np.split(z["labels"], np.cumsum(counts)[:-1]) if len(counts) else []
+            return list(labels), z["shapes"], z["orientation"], json.loads(str(z["report"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        LOGGER.debug("ignoring unreadable label cache %s: %s", cache_path, e)
+        return None
+
+
+def save_cache(
+    cache_path: Path, key: str, labels: list[np.ndarray], shapes: np.ndarray, orientation: np.ndarray, report: dict
+) -> None:
+    """Write the cache atomically (temporary file + rename); skip it, with a debug log, where writing fails."""
+    folder = cache_path.parent
+    if not (os.access(folder, os.W_OK) and folder.stat().st_mode & 0o222):
+        LOGGER.debug("not writing label cache: %s is read-only", folder)
+        return
+    tmp = cache_path.with_name(f".{cache_path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(
+                f,
+                key=np.array(key),
+                labels=np.concatenate(labels, 0) if labels else np.zeros((0, 5), np.float32),
+                counts=np.array([len(x) for x in labels], dtype=np.int64),
+                shapes=shapes,
+                orientation=orientation,
+                report=np.array(json.dumps(report)),
+            )
+        os.replace(tmp, cache_path)
+    except OSError as e:
+        LOGGER.debug("not writing label cache %s: %s", cache_path, e)
+        tmp.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------------ images
+def load_image(
+    path: str,
+    img_size: int,
+    augment: bool = False,
+    shape_hw0: tuple[int, int] | None = None,
+    orientation: int = 0,
+) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    """Read an image as 3-channel BGR uint8 and resize it so its long side is ``img_size``.
+
+    Grayscale, 16-bit (scaled to 8 bits) and 4-channel files come back as 3-channel BGR; EXIF rotation is applied.
+    Downscaling uses INTER_AREA (INTER_LINEAR when ``augment``), upscaling INTER_LINEAR. Speed: when the original
+    size ``shape_hw0`` is known, the EXIF orientation is 1 (OpenCV's reduced modes ignore EXIF rotation) and the
+    image is a JPEG shrunk by 2x or more, it is decoded directly at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling)
+    and only the rest is resized; the output size is the same as decoding in full, the pixels differ slightly
+    (about 20% faster at 640 -> 320: the entropy decoding, most of the cost, is the same).
+
+    Returns:
+        ``(img, (h0, w0), (h, w))``: the resized (h, w, 3) image and the original and resized sizes.
+
+    Raises:
+        ValueError: the file cannot be decoded (naming it).
+    """
+    img = None
+    if shape_hw0 is not None and orientation == 1 and path.lower().endswith((".jpg", ".jpeg")):
+        h0, w0 = shape_hw0
+        r = img_size / max(h0, w0)
+        f = next((f for f in (8, 4, 2) if r <= 1 / f), 1)
+        if f > 1:
+            img = cv2.imread(path, _REDUCED_FLAGS[f])
+            if img is not None and (
+                abs(img.shape[0] - math.ceil(h0 / f)) > 1 or abs(img.shape[1] - math.ceil(w0 / f)) > 1
+            ):
+                img = None  # the file is not what the header scan recorded: decode in full
+    if img is None:
+        img = cv2.imread(path, cv2.IMREAD_COLOR)
+        if img is None:
+            raise ValueError(f"{path}: cannot decode image (fix: replace or remove the file)")
+        h0, w0 = img.shape[:2]
+    r = img_size / max(h0, w0)
+    if r != 1:
+        size = (int(w0 * r), int(h0 * r))
+        if (img.shape[1], img.shape[0]) != size:
+            interp = cv2.INTER_AREA if r < 1 and not augment else cv2.INTER_LINEAR
+            img = cv2.resize(img, size, interpolation=interp)
+    return img, (h0, w0), img.shape[:2]
+
+
+def rect_batch_shapes(
+    shapes_wh: np.ndarray, batch_size: int, img_size: int, pad: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-batch letterbox shapes for rectangular batches of images already sorted by aspect ratio h/w.
+
+    Returns:
+        ``(batch, batch_shapes)``: the batch index of each image (n,) and (nb, 2) int ``(h, w)`` multiples of 32:
+        the batch's most extreme aspect ratio fitted in ``img_size``, plus ``pad`` strides (0.5 for testing).
+    """
+    n = len(shapes_wh)
+    batch = np.arange(n) // batch_size
+    nb = int(batch[-1]) + 1 if n else 0
+    ar = shapes_wh[:, 1] / shapes_wh[:, 0]
+    shapes = np.ones((nb, 2))
+    for i in range(nb):
+        ari = ar[batch == i]
+        lo, hi = ari.min(), ari.max()
+        if hi < 1:
+            shapes[i] = hi, 1
+        elif lo > 1:
+            shapes[i] = 1, 1 / lo
+    return batch, np.ceil(shapes * img_size / 32 + pad).astype(int) * 32
+
+
+# ------------------------------------------------------------------------------------------------ dataset
+class LoadImagesAndLabels(Dataset):
+    """YOLO detection dataset: validated labels, letterboxed or mosaic-augmented images.
+
+    Args:
+        path: image folder, ``.txt`` list, image, glob, or a list of these (see ``list_image_files``).
+        img_size: training/testing size s; images are resized so their long side is s.
+        batch_size: used for the rectangular batch shapes.
+        augment: mosaic (unless ``rect``), random affine, HSV jitter and left-right flips, from ``hyp``.
+        hyp: hyperparameters (keys ``AUGMENT_KEYS``); ``utils.hyp.DEFAULT_HYP`` when None.
+        rect: sort by aspect ratio and letterbox each batch to its own shape (``batch_shapes``).
+        image_weights: stored; when True ``__getitem__(i)`` loads image ``indices[i]`` (the trainer sets
+            ``indices`` from class-frequency weights, as the reference did).
+        cache_images: decode and resize every image once and keep them in RAM (the size is printed first).
+        single_cls: every class becomes 0.
+        nc: number of classes; labels with a class outside ``[0, nc)`` are errors.
+        pad: extra strides around rect batch shapes (0.5 for testing, 0 for training).
+        seed: augmentation seed: item i in epoch e draws from ``np.random.default_rng([seed, e, i])``, so the
+            data are a pure function of (seed, epoch, index) whatever the worker count (see ``set_epoch``).
+        verbose: print the scan summary line.
+
+    Items are ``(img, labels, path, shapes)``: img (3, h, w) uint8 RGB tensor, labels (n, 6) float32
+    ``0, class, x, y, w, h`` normalised to the output image, the image path, and shapes None for mosaic or
+    ``((h0, w0), ((h / h0, w / w0), (dw, dh)))`` (original size, resize ratios, letterbox half paddings).
+    """
+
+    def __init__(
+        self,
+        path: str | Path | Sequence[str | Path],
+        img_size: int = 416,
+        batch_size: int = 16,
+        augment: bool = False,
+        hyp: dict | None = None,
+        rect: bool = False,
+        image_weights: bool = False,
+        cache_images: bool = False,
+        single_cls: bool = False,
+        nc: int | None = None,
+        pad: float = 0.0,
+        seed: int = 0,
+        verbose: bool = True,
+    ) -> None:
+        if int(img_size) <= 0 or int(batch_size) <= 0:
+            raise ValueError(f"img_size={img_size} and batch_size={batch_size} must be positive integers")
+        if int(seed) < 0:
+            raise ValueError(f"seed={seed} must be >= 0")
+        self.hyp = dict(DEFAULT_HYP if hyp is None else hyp)
+        missing_keys = [k for k in AUGMENT_KEYS if k not in self.hyp]
+        if augment and missing_keys:
+            raise ValueError(f"hyp is missing augmentation keys {missing_keys} (fix: start from utils.hyp.DEFAULT_HYP)")
+        self.img_size = int(img_size)
+        self.augment = augment
+        self.rect = rect
+        self.mosaic = augment and not rect
+        self.image_weights = image_weights
+        self.seed = int(seed)
+        self.epoch = 0
+
+        self.img_files = list_image_files(path)
+        self.label_files = img2label_paths(self.img_files)
+        labels, shapes, orientation, self.report = self._scan(nc, verbose)
+        if single_cls:
+            labels = [np.concatenate((np.zeros_like(x[:, :1]), x[:, 1:]), 1) for x in labels]
+        self.labels = labels
+        self.shapes = shapes
+        self.orientation = orientation
+        self.n = len(self.img_files)
+        self.indices = np.arange(self.n)
+
+        self.batch = np.arange(self.n) // batch_size
+        self.batch_shapes = None
+        if rect:
+            irect = (shapes[:, 1] / shapes[:, 0]).argsort(kind="stable")
+            self.img_files = [self.img_files[i] for i in irect]
+            self.label_files = [self.label_files[i] for i in irect]
+            self.labels = [self.labels[i] for i in irect]
+            self.shapes, self.orientation = shapes[irect], orientation[irect]
+            self.batch, self.batch_shapes = rect_batch_shapes(self.shapes, batch_size, self.img_size, pad)
+
+        self.imgs: list | None = None
+        if cache_images:
+            self._cache_images(verbose)
+
+    def _scan(self, nc: int | None, verbose: bool) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, dict]:
+        labels_dir = Path(self.label_files[0]).parent
+        cache_path = labels_dir.parent / f"{labels_dir.name}.cache"
+        key = cache_key(self.img_files, self.label_files, nc)
+        cached = load_cache(cache_path, key)
+        if cached is None:
+            labels, shapes, orientation, report, corrupt = scan_dataset(self.img_files, self.label_files, nc)
+        else:
+            (labels, shapes, orientation, report), corrupt = cached, []
+        if verbose:
+            print(
+                f"Scanning labels {labels_dir} ({report['found']} found, {report['missing']} missing, "
+                f"{report['empty']} empty, {report['duplicate']} duplicate, {report['corrupt']} corrupt)"
+                + ("" if cached is None else " (from cache)")
+            )
+        if corrupt:
+            listed = ", ".join(corrupt[:10]) + (f" and {len(corrupt) - 10} more" if len(corrupt) > 10 else "")
+            raise ValueError(
+                f"{len(corrupt)} image(s) cannot be read or decoded: {listed} (fix: replace them or remove them from "
+                "the dataset)"
+            )
+        if cached is None:
+            save_cache(cache_path, key, labels, shapes, orientation, report)
+        return labels, shapes, orientation, report
+
+    def _cache_images(self, verbose: bool) -> None:
+        r = self.img_size / self.shapes.max(1)
+        nbytes = sum(int(w * ri) * int(h * ri) * 3 for (w, h), ri in zip(self.shapes, r))
+        if verbose:
+            print(f"Caching images ({nbytes / 1e9:.2f} GB)")
+        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+            self.imgs = list(pool.map(self._read, range(self.n)))
+
+    def _read(self, index: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+        w0, h0 = self.shapes[index]
+        return load_image(
+            self.img_files[index], self.img_size, self.augment, (int(h0), int(w0)), int(self.orientation[index])
+        )
+
+    def _load(self, index: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+        return self.imgs[index] if self.imgs is not None else self._read(index)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation draws of ``epoch`` (call every epoch, before iterating)."""
+        self.epoch = int(epoch)
+
+    def batch_indices(self) -> list[list[int]]:
+        """Item indices grouped by ``batch`` (the rectangular batches, in order, when ``rect``)."""
+        nb = int(self.batch[-1]) + 1
+        return [np.flatnonzero(self.batch == i).tolist() for i in range(nb)]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, str, tuple | None]:
+        index = int(self.indices[i]) if self.image_weights else i
+        hyp = self.hyp
+        rng = np.random.default_rng([self.seed, self.epoch, i]) if self.augment else None
+        if self.mosaic:
+            picks = [index, *rng.integers(0, self.n, 3).tolist()]
+            img4, labels4 = mosaic(
+                [self._load(k)[0] for k in picks], [self.labels[k] for k in picks], self.img_size, rng
+            )
+            img, labels = random_affine(
+                img4,
+                labels4,
+                degrees=hyp["degrees"],
+                translate=hyp["translate"],
+                scale=hyp["scale"],
+                shear=hyp["shear"],
+                border=-self.img_size // 2,
+                rng=rng,
+            )
+            shapes = None
+        else:
+            img, (h0, w0), (h, w) = self._load(index)
+            shape = tuple(self.batch_shapes[self.batch[index]]) if self.rect else self.img_size
+            img, ratio, pad = letterbox(img, shape, auto=False, scaleup=self.augment)
+            shapes = (h0, w0), ((h / h0, w / w0), pad)
+            x = self.labels[index]
+            labels = np.empty_like(x)
+            labels[:, 0] = x[:, 0]
+            labels[:, 1] = ratio[0] * w * (x[:, 1] - x[:, 3] / 2) + pad[0]
+            labels[:, 2] = ratio[1] * h * (x[:, 2] - x[:, 4] / 2) + pad[1]
+            labels[:, 3] = ratio[0] * w * (x[:, 1] + x[:, 3] / 2) + pad[0]
+            labels[:, 4] = ratio[1] * h * (x[:, 2] + x[:, 4] / 2) + pad[1]
+            if self.augment:
+                img, labels = random_affine(
+                    img,
+                    labels,
+                    degrees=hyp["degrees"],
+                    translate=hyp["translate"],
+                    scale=hyp["scale"],
+                    shear=hyp["shear"],
+                    rng=rng,
+                )
+        if self.augment:
+            img = augment_hsv(img, hyp["hsv_h"], hyp["hsv_s"], hyp["hsv_v"], rng)
+
+        height, width = img.shape[:2]
+        labels[:, 1:5] = xyxy2xywh(labels[:, 1:5]) / np.array([width, height, width, height], dtype=np.float32)
+        if self.augment and rng.random() < 0.5:
+            img, labels = fliplr(img, labels)
+
+        labels_out = torch.zeros((len(labels), 6))
+        labels_out[:, 1:] = torch.from_numpy(labels)
+        img = np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1))  # BGR HWC -> RGB CHW, the one copy
+        return torch.from_numpy(img), labels_out, self.img_files[index], shapes
+
+    @staticmethod
+    def collate_fn(batch: list) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...], tuple]:
+        """Stack items into ``(imgs (bs, 3, h, w) uint8, targets (n, 6) [image index, class, x, y, w, h], paths,
+        shapes)``."""
+        imgs, labels, paths, shapes = zip(*batch)
+        for i, lab in enumerate(labels):
+            lab[:, 0] = i
+        return torch.stack(imgs, 0), torch.cat(labels, 0), paths, shapes
+
+
+def worker_init(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: no OpenCV thread pool inside workers (they are the parallelism).
+
+    Augmentation randomness needs no seeding here: it comes from per-item generators (see ``LoadImagesAndLabels``).
+    """
+    cv2.setNumThreads(0)
+
+
+def resize_batch(imgs: torch.Tensor, img_size: int, gs: int = 32) -> torch.Tensor:
+    """Multi-scale: resize a float batch (bs, 3, h, w) so its long side is ``img_size`` (each side rounded up to a
+    multiple of ``gs``), bilinearly, on the batch's device. Targets are normalised, so they need no change.
+    Returns ``imgs`` itself when the size does not change."""
+    sf = img_size / max(imgs.shape[2:])
+    ns = [math.ceil(x * sf / gs) * gs for x in imgs.shape[2:]]
+    if ns == list(imgs.shape[2:]):
+        return imgs
+    return F.interpolate(imgs, size=ns, mode="bilinear", align_corners=False)
+
+
+# ------------------------------------------------------------------------------------------------ .data files
+def _resolve(value: str, data_file: Path, key: str) -> str:
+    """An existing path for ``value``: absolute as is; relative against the .data file's folder, then the CWD."""
+    p = Path(value).expanduser()
+    candidates = [p] if p.is_absolute() else [data_file.parent / p, Path.cwd() / p]
+    for c in candidates:
+        if c.exists():
+            return os.path.abspath(c)
+    tried = " and ".join(os.path.abspath(c) for c in candidates)
+    raise FileNotFoundError(f"{data_file}: {key}={value} not found (looked at {tried})")
+
+
+def resolve_data_cfg(path: str | Path) -> dict:
+    """Read a ``.data`` file and resolve its paths.
+
+    ``train`` and ``valid`` are a folder, a ``.txt`` list or an image, or several separated by commas; relative
+    paths resolve against the ``.data`` file's folder first, then the working directory. ``names`` is a file with
+    one class name per line (line i = class i).
+
+    Returns:
+        The raw keys plus ``classes`` (int), ``names`` (list of str), ``train``/``valid`` (str, or list of str
+        when several), ``path`` (the .data file).
+
+    Raises:
+        FileNotFoundError: the .data file or a path it names (the message names every place tried).
+        ValueError: a required key is missing, or the names file does not have ``classes`` names.
+    """
+    data_file = Path(path)
+    cfg = parse_data_cfg(data_file)
+    missing = [k for k in ("classes", "train", "valid", "names") if k not in cfg]
+    if missing:
+        raise ValueError(f"{data_file}: missing {', '.join(k + '=' for k in missing)} (fix: add the line(s))")
+    out = dict(cfg)
+    out["path"] = str(data_file)
+    for key in ("train", "valid"):
+        paths = [_resolve(v.strip(), data_file, key) for v in str(cfg[key]).split(",") if v.strip()]
+        out[key] = paths[0] if len(paths) == 1 else paths
+    names_file = _resolve(str(cfg["names"]), data_file, "names")
+    names = [line.strip() for line in Path(names_file).read_text().splitlines() if line.strip()]
+    if len(names) != cfg["classes"]:
+        raise ValueError(
+            f"{names_file}: {len(names)} names but {data_file} says classes={cfg['classes']} (fix: one name per "
+            "line, line i = class i, or correct classes=)"
+        )
+    out["names"] = names
+    return out
+
+
+def class_table(labels: Sequence[np.ndarray], names: Sequence[str]) -> str:
+    """Text table of images and boxes per class (and ``all``) for the ``check`` command."""
+    lines = [f"{'Class':>20}{'Images':>10}{'Boxes':>10}"]
+    n_boxes = sum(len(x) for x in labels)
+    lines.append(f"{'all':>20}{sum(len(x) > 0 for x in labels):>10}{n_boxes:>10}")
+    classes = [x[:, 0].astype(int) for x in labels]
+    for c, name in enumerate(names):
+        n_img = sum(bool((x == c).any()) for x in classes)
+        n_box = sum(int((x == c).sum()) for x in classes)
+        lines.append(f"{name:>20}{n_img:>10}{n_box:>10}")
+    return "\n".join(lines)
+
+
+def check(data: str | Path, img_size: int = 416, plot: str | Path | None = None) -> None:
+    """Validate the train and valid sets of a ``.data`` file and print their reports (raises on any error).
+
+    ``plot``: also write the train set's label statistics picture there (``utils.plots.plot_labels``).
+    """
+    ensure_builtin_dataset(data)
+    cfg = resolve_data_cfg(data)
+    for split in ("train", "valid"):
+        print(f"{split}: {cfg[split]}")
+        ds = LoadImagesAndLabels(cfg[split], img_size=img_size, nc=cfg["classes"])
+        print(class_table(ds.labels, cfg["names"]))
+        if plot and split == "train":
+            from utils.plots import plot_labels  # matplotlib only when a picture is asked for
+
+            print(f"Plotted labels to {plot_labels(np.concatenate(ds.labels, 0), cfg['names'], plot)}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m utils.datasets check DATA.data [--img-size N] [--plot labels.png]``; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m utils.datasets", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("check", help="validate the train and valid sets of a .data file")
+    p.add_argument("data", help=".data file, e.g. data/coco128.data")
+    p.add_argument("--img-size", type=int, default=416, help="image size used for the report")
+    p.add_argument("--plot", metavar="PNG", help="also plot the train labels' statistics to this file")
+    args = parser.parse_args(argv)
+    try:
+        check(args.data, args.img_size, args.plot)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,815 @@
+"""Train a YOLOv3 network described by a Darknet .cfg file on a YOLO-format data set.
+
+    python train.py --cfg cfg/yolov3-tiny.cfg --data data/shapes.data --img-size 256 --epochs 30
+    python train.py --resume                      # continue the latest run exactly where it stopped
+    python train.py --evolve 50 --epochs 10       # hyperparameter evolution, see runs/evolve/
+    torchrun --nproc_per_node 2 train.py ...      # several processes; --batch-size stays the global batch
+
+Every run writes to runs/<name>/ (exp, exp2, ...; an earlier run's files are never overwritten): results.txt
+(one row per epoch), hyp.yaml, opt.yaml, labels.png, train_batch0.jpg, test_batch0_*.jpg, results.png and
+weights/last.pt (every epoch), best.pt (when fitness improves), backup{epoch}.pt (every 10 epochs).
+
+Numerics kept from the reference trainer (ultralytics/yolov3): SGD with Nesterov momentum in three parameter
+groups, burn-in ``lr0 * (ni / n_burn) ** 4`` with ``gr`` ramping from 0 to 1, MultiStep x0.1 at 80% and 90% of
+the epochs (or ``--cos``), an optimizer step every ``--accumulate`` batches, and the loss multiplied by
+``batch_size / 64`` before backward: the hyperparameters were evolved at a nominal batch of 64, and this keeps
+the size of a gradient step what it was there whatever the batch (the loss itself is a per-batch mean).
+The optimizer also steps after an epoch's last batch, so every epoch starts with a fresh accumulation. After
+each epoch (or only the last with --notest) rank 0 evaluates the valid set with conf_thres 0.001 (single-label
+NMS during burn-in, as the reference, since an untrained net yields boxes everywhere).
+
+Ctrl-C or SIGTERM stops after the current batch with a checkpoint at that exact position; ``--resume`` then
+continues bit for bit (on CPU with ``--deterministic``) as if never interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import importlib.util
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+import test as evaluation  # this project's test.py (the evaluation CLI), not the standard library package
+from models import Darknet, load_state_dict_fitting, load_weights
+from utils.checkpoint import atomic_save, load_checkpoint, make_checkpoint, next_run_dir, rng_state, set_rng_state
+from utils.datasets import LoadImagesAndLabels, resize_batch, resolve_data_cfg, worker_init
+from utils.distributed import (
+    DistInfo,
+    GlobalBatchSampler,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    cleanup_distributed,
+    convert_sync_bn,
+    setup_distributed,
+)
+from utils.evolve import (
+    best_hyp,
+    bucket_url,
+    gsutil_available,
+    gsutil_cp,
+    print_mutation,
+    propose_hyp,
+    read_evolve,
+    write_hyp_yaml,
+)
+from utils.hyp import DEFAULT_HYP, HYP_GAINS, derive_loss_hyp, format_hyp, load_hyp
+from utils.loss import compute_loss, loss_counts
+from utils.metrics import fitness
+from utils.plots import plot_evolution_results, plot_images, plot_labels, plot_results
+from utils.schedule import (
+    burn_in_batches,
+    burn_in_factors,
+    lr_factor,
+    multi_scale_range,
+    multi_scale_size,
+    scheduler_state,
+)
+from utils.shapes import ensure_builtin_dataset
+from utils.torch_utils import ModelEMA, de_parallel, init_seeds, model_info
+
+LOGGER = logging.getLogger("train")
+REPO = Path(__file__).resolve().parent
+CHANNELS_LAST = torch.channels_last  # memory format of the model and its input batches while training
+GS = 32  # the network's largest stride: image sizes must be multiples of it
+RESULTS_COLUMNS = (
+    "epoch", "gpu_mem", "box", "obj", "cls", "total", "targets", "img_size",
+    "P", "R", "mAP@0.5", "mAP@0.5:0.95", "F1", "val_box", "val_obj", "val_cls",
+)  # fmt: skip
+RESUME_MAY_CHANGE = ("device", "num_workers", "stop_after_batches")  # taken from the command line on --resume
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became inf or NaN; the message names the batch's images and the loss components."""
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` hands back: the last test results (results order), how it ended, and where."""
+
+    results: tuple[float, ...]
+    stopped: bool
+    save_dir: Path
+    best_fitness: float
+
+
+class StopRequest:
+    """Signal handler that only records the request; the loop checks it after each batch."""
+
+    def __init__(self, after_batches: int | None = None) -> None:
+        self.requested = False
+        self.after_batches = after_batches  # debug/testing: behave as if SIGTERM arrived after N batches
+        self.batches = 0
+        self._previous: dict[int, Any] = {}
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts at once
+
+    def count_batch(self) -> None:
+        self.batches += 1
+        if self.after_batches is not None and self.batches >= self.after_batches:
+            self.requested = True
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+# ---------------------------------------------------------------------------------------------- command line
+
+
+def build_parser(argument_default: Any = None) -> argparse.ArgumentParser:
+    """The train.py command line. ``argument_default=argparse.SUPPRESS`` yields only the flags given."""
+    p = argparse.ArgumentParser(
+        prog="train.py",
+        description="Train a Darknet-cfg YOLOv3 network (ultralytics/yolov3 compatible).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        argument_default=argument_default,
+    )
+
+    def d(value: Any) -> Any:  # defaults only in the normal parser
+        return argparse.SUPPRESS if argument_default is argparse.SUPPRESS else value
+
+    p.add_argument("--epochs", type=int, default=d(100), help="number of epochs")
+    p.add_argument("--batch-size", type=int, default=d(16), help="global batch size (split over torchrun ranks)")
+    p.add_argument("--accumulate", type=int, default=d(4), help="batches per optimizer step")
+    p.add_argument("--cfg", default=d("cfg/yolov3-spp.cfg"), help="model .cfg file")
+    p.add_argument(
+        "--data-cfg", "--data", dest="data", default=d("data/shapes.data"),
+        help="data set .data file (the built-in data/shapes.data is generated on first use)",
+    )  # fmt: skip
+    p.add_argument("--multi-scale", action="store_true", default=d(False),
+                   help="vary the image size in [img-size/1.5, img-size*1.5] every 10 optimizer steps")
+    p.add_argument("--img-size", type=int, nargs="+", default=d([416]),
+                   help="image size in pixels, multiple of 32: one value, or two (train, test)")
+    p.add_argument("--rect", action="store_true", default=d(False), help="rectangular training batches (no mosaic)")
+    p.add_argument("--resume", action="store_true", default=d(False),
+                   help="resume from --weights PATH, else runs/<name>/weights/last.pt, else the latest run")
+    p.add_argument("--transfer", action="store_true", default=d(False),
+                   help="transfer learning: load weights/yolov3-spp.pt (or --weights) where shapes fit and "
+                   "train only the output convolutions")
+    p.add_argument("--num-workers", type=int, default=d(min(4, os.cpu_count() or 1)), help="data loader workers")
+    p.add_argument("--nosave", action="store_true", default=d(False), help="save only the final checkpoint")
+    p.add_argument("--notest", action="store_true", default=d(False), help="test only after the final epoch")
+    p.add_argument("--xywh", action="store_true", default=d(False),
+                   help="the seed's MSE x,y,w,h box loss instead of GIoU (uses hyp xy, wh)")
+    p.add_argument("--evolve", type=int, nargs="?", const=300, default=d(None), metavar="N",
+                   help="evolve hyperparameters for N generations (bare flag: 300)")
+    p.add_argument("--bucket", default=d(""), help="gsutil bucket to sync evolve.txt and results with")
+    p.add_argument("--var", type=int, default=d(None), help="free debug integer, recorded in the checkpoint only")
+    p.add_argument("--weights", default=d(None),
+                   help="initial weights (.pt or Darknet .weights); default: the backbone in weights/ "
+                   "when present; '' trains from scratch")
+    p.add_argument("--device", default=d(""), help="'' (CUDA if available), cpu, 0, or 0,1")
+    p.add_argument("--adam", action="store_true", default=d(False), help="Adam instead of SGD")
+    p.add_argument("--cache-images", action="store_true", default=d(False), help="cache images in memory")
+    p.add_argument("--single-cls", action="store_true", default=d(False), help="train as a single-class data set")
+    p.add_argument("--name", default=d(None), help="run name: results go to <project>/<name> (default exp)")
+    p.add_argument("--project", default=d("runs"), help="folder holding the runs")
+    p.add_argument("--freeze-layers", action="store_true", default=d(False),
+                   help="train only the output convolutions, starting from --weights")
+    p.add_argument("--hyp", default=d(None), help="hyperparameter file: YAML by key or hyp*.txt by position")
+    p.add_argument("--seed", type=int, default=d(0), help="random seed (data order, augmentation, init)")
+    p.add_argument("--deterministic", action="store_true", default=d(False),
+                   help="deterministic algorithms (bit-exact resume on CPU)")
+    p.add_argument("--burn-in", type=int, default=d(None), metavar="N",
+                   help="burn-in batches (default min(round(nb/5+1), 1000))")
+    p.add_argument("--cos", action="store_true", default=d(False), help="cosine learning-rate schedule to lr0*lrf")
+    p.add_argument("--no-amp", action="store_true", default=d(False), help="no mixed precision on CUDA")
+    p.add_argument("--bf16", action="store_true", default=d(False), help="bfloat16 autocast on CPU (opt-in)")
+    p.add_argument("--ema", action="store_true", default=d(False), help="keep an EMA of the weights for testing")
+    p.add_argument("--sync-bn", action="store_true", default=d(False), help="SyncBatchNorm under torchrun")
+    # testing hook: behaves exactly like receiving SIGTERM after N batches (counted from this process's start)
+    p.add_argument("--stop-after-batches", type=int, default=d(None), help=argparse.SUPPRESS)
+    return p
+
+
+def _repo_default(path: str) -> str:
+    """A relative default path works from any directory: fall back to the repository's copy."""
+    if path and not Path(path).exists() and (REPO / path).exists():
+        return str(REPO / path)
+    return path
+
+
+def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and check the command line; contradictions end with ``parser.error`` before anything loads."""
+    parser = build_parser()
+    opt = parser.parse_args(argv)
+    opt.explicit = sorted(vars(build_parser(argparse.SUPPRESS).parse_args(argv)))
+    err = parser.error
+    if len(opt.img_size) > 2:
+        err(f"--img-size takes one or two values (train, test), got {len(opt.img_size)}")
+    for s in opt.img_size:
+        if s < GS or s % GS:
+            err(f"--img-size {s} is not a multiple of {GS}; use {max(GS, round(s / GS) * GS)}")
+    for flag, value, low in (("--epochs", opt.epochs, 1), ("--batch-size", opt.batch_size, 1),
+                             ("--accumulate", opt.accumulate, 1), ("--num-workers", opt.num_workers, 0)):
+        if value < low:
+            err(f"{flag} {value}: must be >= {low}")
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if opt.batch_size < world:
+        err(f"--batch-size {opt.batch_size} is the global batch and must be >= the {world} torchrun ranks")
+    if opt.resume and (opt.transfer or opt.evolve is not None):
+        err("--resume cannot be combined with --transfer or --evolve (resume continues a run as it was)")
+    if opt.rect and opt.multi_scale:
+        err("--rect and --multi-scale contradict each other (rect batches have fixed shapes); choose one")
+    if opt.evolve is not None and opt.evolve < 1:
+        err(f"--evolve {opt.evolve}: need at least 1 generation")
+    if opt.burn_in is not None and opt.burn_in < 0:
+        err(f"--burn-in {opt.burn_in}: must be >= 0")
+    if opt.bf16 and opt.device.strip().lower() not in ("cpu",) and (opt.device.strip() or torch.cuda.is_available()):
+        err("--bf16 is the CPU autocast option; on CUDA mixed precision is on by default (--no-amp turns it off)")
+    if opt.stop_after_batches is not None and opt.stop_after_batches < 1:
+        err("--stop-after-batches must be >= 1")
+    opt.cfg = _repo_default(opt.cfg)
+    opt.data = _repo_default(opt.data)
+    for flag, path in (("--cfg", opt.cfg), ("--data", opt.data), ("--hyp", opt.hyp)):
+        if path and not Path(path).is_file():
+            err(f"{flag} {path}: file not found")
+    return opt
+
+
+def opt_to_dict(opt: argparse.Namespace) -> dict[str, Any]:
+    """Command-line options as plain values (for opt.yaml and checkpoints)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opt).items() if k != "explicit"}
+
+
+# ---------------------------------------------------------------------------------------------- model helpers
+
+
+def default_weights(cfg: str, weights_dir: Path) -> Path | None:
+    """The Darknet backbone a cfg starts from when --weights is not given: tiny cfgs use
+    ``yolov3-tiny.conv.15``, others ``darknet53.conv.74`` (cutoff from the name); None when the file is absent."""
+    name = "yolov3-tiny.conv.15" if "tiny" in Path(cfg).name else "darknet53.conv.74"
+    path = weights_dir / name
+    return path if path.is_file() else None
+
+
+def output_layer_indices(model: nn.Module) -> list[int]:
+    """Indices in ``module_list`` of the convolutions feeding each YOLO layer (the only ones --transfer trains)."""
+    return [j - 1 for j in de_parallel(model).yolo_layers]
+
+
+def freeze_non_output(model: nn.Module) -> int:
+    """Freeze every parameter except those of the output convolutions; returns how many tensors froze."""
+    keep = tuple(f"module_list.{i}." for i in output_layer_indices(model))
+    frozen = 0
+    for name, p in model.named_parameters():
+        trainable = name.startswith(keep)
+        p.requires_grad_(trainable)
+        frozen += not trainable
+    return frozen
+
+
+def freeze_bn_stats(model: nn.Module) -> None:
+    """Put BatchNorm layers whose parameters are all frozen in eval mode, so frozen layers stay frozen
+    (otherwise their running statistics would still drift with the new data). No-op without frozen layers."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            params = list(m.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                m.eval()
+
+
+def weights_state_dict(path: Path, cfg: str) -> dict[str, torch.Tensor]:
+    """A state_dict from a .pt checkpoint (ours, ultralytics' or a raw state_dict) or a Darknet .weights file
+    (read into the cfg's own network, whatever its class count)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"weights {path} not found; put the file there (see weights/README.md)")
+    if path.suffix == ".pt":
+        ckpt = load_checkpoint(path)
+        state = ckpt.get("model", ckpt)
+        return state.state_dict() if isinstance(state, nn.Module) else state
+    donor = Darknet(cfg)
+    load_weights(donor, path)
+    return donor.state_dict()
+
+
+def load_initial_weights(model: nn.Module, opt: argparse.Namespace, weights_dir: Path, verbose: bool = True) -> None:
+    """Initial weights as the options ask (--transfer / --freeze-layers / --weights / the default backbone)."""
+    say = print if verbose else lambda *args, **kwargs: None
+    if opt.transfer or opt.freeze_layers:
+        if opt.weights:
+            path = Path(opt.weights)
+        elif opt.transfer:
+            path = weights_dir / "yolov3-spp.pt"
+        else:
+            path = default_weights(opt.cfg, weights_dir)
+            if path is None:
+                raise FileNotFoundError("--freeze-layers needs --weights PATH (or a backbone in weights/)")
+        n_loaded, skipped = load_state_dict_fitting(model, weights_state_dict(path, opt.cfg))
+        n_frozen = freeze_non_output(model)
+        say(f"Transferred {n_loaded} tensors from {path}, skipped {len(skipped)} (shape or name differ), "
+              f"froze {n_frozen}; training only layers {output_layer_indices(model)}")
+        return
+    if opt.weights == "":
+        say("Training from scratch (--weights '').")
+        return
+    path = Path(opt.weights) if opt.weights else default_weights(opt.cfg, weights_dir)
+    if path is None:
+        name = "yolov3-tiny.conv.15" if "tiny" in Path(opt.cfg).name else "darknet53.conv.74"
+        say(f"WARNING: no pretrained backbone at {weights_dir / name}: training from scratch. Put the file there "
+              f"(see weights/README.md) or pass --weights PATH; --weights '' silences this warning.")
+        return
+    if not path.is_file():
+        raise FileNotFoundError(f"--weights {path} not found; put the file there (see weights/README.md)")
+    report = load_weights(model, path)
+    say(f"Loaded weights from {path}: {report}")
+
+
+def build_optimizer(model: nn.Module, hyp: dict[str, float], adam: bool) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or Adam over three parameter groups, as the reference: BatchNorm and other weights
+    without decay, convolution weights with ``weight_decay``, biases without decay. Frozen tensors are left
+    out; empty groups are dropped."""
+    no_decay, conv_weights, biases = [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.endswith(".bias"):
+            biases.append(p)
+        elif name.endswith("Conv2d.weight"):
+            conv_weights.append(p)
+        else:
+            no_decay.append(p)
+    groups = [
+        {"params": no_decay, "weight_decay": 0.0},
+        {"params": conv_weights, "weight_decay": hyp["weight_decay"]},
+        {"params": biases, "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    if adam:
+        return torch.optim.Adam(groups, lr=hyp["lr0"], betas=(hyp["momentum"], 0.999))
+    return torch.optim.SGD(groups, lr=hyp["lr0"], momentum=hyp["momentum"], nesterov=True)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def memory_gb(device: torch.device) -> float:
+    """Memory in use, GB: CUDA memory reserved by torch, or this process's resident set size on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.memory_reserved(device) / 1e9
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
+    except (OSError, ValueError, AttributeError):
+        return 0.0
+
+
+def _worker_init(worker_id: int) -> None:
+    """Data-loader workers ignore Ctrl-C and SIGTERM sent to the whole process group: the main process stops
+    cleanly after the current batch and shuts them down (a worker still exits if its parent dies)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    worker_init(worker_id)
+
+
+def gradient_state(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """Gradients accumulated but not yet stepped (mid-accumulation), by parameter name; None if none."""
+    grads = {n: p.grad.detach().cpu().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return grads or None
+
+
+def gather_rank_states(state: dict[str, Any], info: DistInfo) -> list[dict[str, Any]]:
+    """Every rank's ``state`` (RNG, pending gradients), in rank order, on every rank."""
+    if not info.distributed:
+        return [state]
+    return [broadcast_object(state if info.rank == r else None, info, src=r) for r in range(info.world_size)]
+
+
+def tensorboard_writer(save_dir: Path) -> Any:
+    """A TensorBoard SummaryWriter logging into ``save_dir`` when the tensorboard package is installed, else None."""
+    if importlib.util.find_spec("tensorboard") is None:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(save_dir))
+
+
+def epoch_summary(epoch: int, results: tuple[float, ...], fit: float, improved: bool) -> str:
+    """One line per epoch: the test metrics and validation losses (results order) and the fitness."""
+    p, r, map50, map5095, f1, vbox, vobj, vcls = results
+    return (f"Epoch {epoch}: P {p:.3f}  R {r:.3f}  mAP@0.5 {map50:.3f}  mAP@0.5:0.95 {map5095:.3f}  F1 {f1:.3f}  "
+            f"val box {vbox:.4g} obj {vobj:.4g} cls {vcls:.4g}  fitness {fit:.4f}{' (best)' if improved else ''}")
+
+
+def results_header() -> str:
+    return "".join(f"{c:>13s}" for c in RESULTS_COLUMNS) + "\n"
+
+
+def results_row(epoch: int, mem: float, mloss: torch.Tensor, n_targets: int, img_size: int, results) -> str:
+    values = [epoch, mem, *mloss.tolist(), n_targets, img_size, *results]
+    return "".join(f"{v:>13.5g}" for v in values) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def train(
+    opt: argparse.Namespace,
+    hyp: dict[str, float],
+    save_dir: Path,
+    device: torch.device,
+    info: DistInfo | None = None,
+    ckpt: dict[str, Any] | None = None,
+    weights_dir: Path = REPO / "weights",
+) -> TrainResult:
+    """Train as ``opt`` describes, writing into ``save_dir`` (rank 0 only). ``ckpt`` resumes from a checkpoint.
+
+    Raises:
+        NonFiniteLoss: the loss became inf/NaN (weights/emergency.pt was saved; last.pt is untouched).
+        ValueError, FileNotFoundError: bad data, cfg or weights, before training starts.
+    """
+    info = info or DistInfo()
+    main_rank = info.is_main
+    save_dir = Path(save_dir)
+    wdir = save_dir / "weights"
+    last, best = wdir / "last.pt", wdir / "best.pt"
+    results_file = save_dir / "results.txt"
+    if main_rank:
+        wdir.mkdir(parents=True, exist_ok=True)
+    init_seeds(opt.seed + info.rank, opt.deterministic)
+    train_size, test_size = (opt.img_size * 2)[:2]
+    world, accumulate, epochs = info.world_size, opt.accumulate, opt.epochs
+    stop = StopRequest(opt.stop_after_batches)
+
+    # Data. Label problems surface here, before any training.
+    data = resolve_data_cfg(opt.data)
+    data_nc = int(data["classes"])  # labels are checked against the data set's classes, then merged by --single-cls
+    nc = 1 if opt.single_cls else data_nc
+    names = ["item"] if opt.single_cls and len(data["names"]) != 1 else list(data["names"])
+    loss_hyp = derive_loss_hyp(hyp, nc)
+    load_size = multi_scale_range(train_size)[1] if opt.multi_scale else train_size  # as the reference
+    dataset = LoadImagesAndLabels(data["train"], load_size, opt.batch_size, augment=True, hyp=hyp, rect=opt.rect,
+                                  cache_images=opt.cache_images, single_cls=opt.single_cls, nc=data_nc, seed=opt.seed,
+                                  verbose=main_rank)
+    sampler = GlobalBatchSampler(dataset.n, opt.batch_size, world, info.rank, shuffle=not opt.rect, seed=opt.seed,
+                                 batches=dataset.batch_indices() if opt.rect else None)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=opt.num_workers,
+                                         collate_fn=LoadImagesAndLabels.collate_fn, pin_memory=device.type == "cuda",
+                                         worker_init_fn=_worker_init)
+    nb = len(sampler)
+    testloader = None
+    if main_rank:
+        testset = LoadImagesAndLabels(data["valid"], test_size, opt.batch_size, hyp=hyp, rect=True,
+                                      cache_images=opt.cache_images, single_cls=opt.single_cls, nc=data_nc, pad=0.5)
+        testloader = torch.utils.data.DataLoader(testset, batch_size=opt.batch_size, num_workers=opt.num_workers,
+                                                 collate_fn=LoadImagesAndLabels.collate_fn,
+                                                 pin_memory=device.type == "cuda", worker_init_fn=_worker_init)
+
+    # Model, initial weights, optimizer, EMA, AMP.
+    # channels-last: the convolution kernels are faster in NHWC on CPU (oneDNN) and on CUDA tensor cores
+    model = Darknet(opt.cfg, img_size=(train_size, train_size), nc=nc).to(device, memory_format=CHANNELS_LAST)
+    cfg_text = Path(opt.cfg).read_text()
+    if ckpt is None:  # every rank loads (freezing must happen everywhere); DDP then broadcasts rank 0's weights
+        load_initial_weights(model, opt, weights_dir, verbose=main_rank)
+    else:
+        if opt.transfer or opt.freeze_layers:
+            freeze_non_output(model)
+        model.load_state_dict(ckpt["model"])
+    model.hyp, model.gr, model.names = loss_hyp, 1.0, names  # ultralytics-compatible attributes
+    optimizer = build_optimizer(model, hyp, opt.adam)
+    ema = ModelEMA(model) if opt.ema else None
+    use_amp = device.type == "cuda" and not opt.no_amp or device.type == "cpu" and opt.bf16
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and device.type == "cuda")
+    n_burn = burn_in_batches(nb, opt.burn_in)
+
+    start_epoch, start_batch, best_fitness = 0, 0, 0.0
+    mloss, mloss_n = torch.zeros(4), 0  # running means of (box, obj, cls, total) over this epoch's batches
+    if ckpt is not None:
+        start_epoch, start_batch = ckpt["epoch"] + 1, ckpt.get("batch", 0)
+        best_fitness = ckpt.get("best_fitness") or 0.0
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        if ema is not None and ckpt.get("ema") is not None:
+            ema.ema.load_state_dict(ckpt["ema"])
+            ema.updates = ckpt.get("ema_updates", 0)
+        if start_batch:
+            mloss, mloss_n = ckpt["mloss"].clone(), ckpt["mloss_n"]
+        restore_rank_state(model, ckpt, info, device)
+        if main_rank:
+            results_file.write_text(ckpt.get("training_results") or results_header())
+            print(f"Resuming from epoch {start_epoch}, batch {start_batch} of {nb} ({save_dir})")
+    elif main_rank:
+        results_file.write_text(results_header())
+        (save_dir / "hyp.yaml").write_text(yaml.safe_dump(dict(hyp), sort_keys=False))
+        (save_dir / "opt.yaml").write_text(yaml.safe_dump(opt_to_dict(opt), sort_keys=False))
+        boxes = [lb for lb in dataset.labels if len(lb)]
+        plot_labels(np.concatenate(boxes) if boxes else np.zeros((0, 5), np.float32), names, save_dir / "labels.png")
+
+    if opt.sync_bn:
+        model = convert_sync_bn(model, info)
+    if info.distributed:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    raw_model = de_parallel(model)
+
+    def snapshot(epoch_done: int, batch: int, rank_states: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The checkpoint at this position: ``epoch_done`` completed epochs, ``batch`` next in the next one."""
+        return make_checkpoint(
+            epoch=epoch_done, best_fitness=best_fitness,
+            training_results=results_file.read_text() if results_file.exists() else "",
+            model=raw_model, optimizer=optimizer, scaler=scaler,
+            scheduler=scheduler_state(epochs, opt.cos, hyp["lrf"], hyp["lr0"], n_burn, epoch_done + 1),
+            ema=ema, hyp=hyp, opt=opt_to_dict(opt), cfg_text=cfg_text, names=names, batch=batch,
+            ranks=rank_states, mloss=mloss.clone(), mloss_n=mloss_n,
+        )  # fmt: skip
+
+    if main_rank:
+        print(format_hyp(hyp))
+        model_info(raw_model, img_size=train_size)
+        print(f"Image sizes {train_size} train, {test_size} test; {world} rank(s), global batch {opt.batch_size}, "
+              f"accumulate {accumulate}, {nb} batches per epoch, burn-in {n_burn} batches; "
+              f"{opt.num_workers} data workers; results in {save_dir}\nStarting training for {epochs} epochs...")
+
+    tb = tensorboard_writer(save_dir) if main_rank else None
+    results: tuple[float, ...] = (0.0,) * 8
+    t0 = time.time()
+    stop.install()
+    try:
+        for epoch in range(start_epoch, epochs):
+            model.train()
+            freeze_bn_stats(model)
+            dataset.set_epoch(epoch)
+            sampler.set_epoch(epoch)
+            first = start_batch if epoch == start_epoch else 0
+            sampler.set_start(first)
+            if first == 0:
+                mloss, mloss_n = torch.zeros(4), 0
+            epoch_lr = hyp["lr0"] * lr_factor(epoch, epochs, opt.cos, hyp["lrf"])
+            if main_rank:
+                print(("\n" + "%10s" * 8) % ("Epoch", "gpu_mem", "xy" if opt.xywh else "GIoU", "obj", "cls", "total",
+                                             "targets", "img_size"))
+            pbar = tqdm(enumerate(loader, first), total=nb, initial=first, disable=not main_rank,
+                        bar_format="{l_bar}{bar:10}{r_bar}")
+            for i, (imgs, targets, paths, _) in pbar:
+                stop.count_batch()
+                ni = i + nb * epoch  # integrated batch index
+                lr_mult, gr = burn_in_factors(ni, n_burn)
+                set_lr(optimizer, epoch_lr * lr_mult)
+                imgs = imgs.to(device, non_blocking=True).float() / 255.0
+                targets = targets.to(device)
+                if opt.multi_scale:
+                    imgs = resize_batch(imgs, multi_scale_size(train_size, ni, accumulate, opt.seed))
+                imgs = imgs.contiguous(memory_format=CHANNELS_LAST)
+                stepping = (i + 1) % accumulate == 0 or i + 1 == nb
+                # DDP: skip the gradient all-reduce on batches that only accumulate (forward must be inside too)
+                sync = model.no_sync() if info.distributed and not stepping else contextlib.nullcontext()
+                with sync:
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                        pred = model(imgs)
+                    pred = [p.float() for p in pred]  # the loss in float32 whatever the autocast dtype
+                    denominators = all_reduce_sum(loss_counts(pred, targets, raw_model, loss_hyp), info) \
+                        if info.distributed else None
+                    loss, loss_items = compute_loss(pred, targets, raw_model, hyp=loss_hyp, gr=gr, xywh=opt.xywh,
+                                                    denominators=denominators)
+                    # one collective for the global loss items, target count and any rank's stop request
+                    shared = all_reduce_sum(torch.cat([loss_items, loss_items.new_tensor(
+                        [len(targets), float(stop.requested)])]), info)
+                    loss_items, n_targets, stop_any = shared[:4], int(shared[4]), bool(shared[5] > 0)
+                    if not torch.isfinite(loss_items).all():
+                        if main_rank:
+                            atomic_save(snapshot(epoch - 1, i), wdir / "emergency.pt")
+                        raise NonFiniteLoss(
+                            f"non-finite loss at epoch {epoch} batch {i}: box, obj, cls, total = "
+                            f"{loss_items.tolist()}; images of this batch:\n  " + "\n  ".join(paths)
+                            + f"\nstate before this batch saved to {wdir / 'emergency.pt'} ({last} untouched)")
+                    loss = loss * (opt.batch_size / 64) * world  # nominal batch 64; DDP averages over ranks
+                    scaler.scale(loss).backward()
+                if stepping:
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    if ema is not None:
+                        ema.update(raw_model)
+
+                mloss = (mloss * mloss_n + loss_items.cpu()) / (mloss_n + 1)
+                mloss_n += 1
+                img_size = max(imgs.shape[2:])
+                if main_rank:
+                    pbar.set_description(("%10s" * 2 + "%10.3g" * 6) % (
+                        f"{epoch}/{epochs - 1}", f"{memory_gb(device):.3g}G", *mloss.tolist(), n_targets, img_size))
+                    if ni == 0:
+                        plot_images(imgs, targets, paths=paths, fname=save_dir / "train_batch0.jpg", names=names)
+                if stop_any and i + 1 < nb:
+                    states = gather_rank_states({"rng": rng_state(), "grads": gradient_state(raw_model)}, info)
+                    if main_rank:
+                        atomic_save(snapshot(epoch - 1, i + 1, states), last)
+                        print(f"\nStopped at epoch {epoch} batch {i + 1}/{nb}; saved {last}. "
+                              f"Continue with: python train.py --resume --weights {last}")
+                    barrier(info)
+                    return TrainResult(results, True, save_dir, best_fitness)
+
+            # End of epoch: test, log, save (rank 0); the other ranks wait at the barrier.
+            final = epoch + 1 == epochs
+            if main_rank:
+                if not opt.notest or final:
+                    results, _maps = evaluation.test(
+                        opt.cfg, opt.data, batch_size=opt.batch_size, img_size=test_size,
+                        model=ema.ema if ema is not None else raw_model, dataloader=testloader,
+                        conf_thres=0.001, iou_thres=0.6, single_cls=opt.single_cls, save_dir=save_dir,
+                        names=names, hyp=loss_hyp, plots=epoch == start_epoch, multi_label=ni > n_burn,
+                    )  # fmt: skip
+                    results = tuple(float(x) for x in results)
+                with results_file.open("a") as f:
+                    f.write(results_row(epoch, memory_gb(device), mloss, n_targets, img_size, results))
+                fit = float(fitness(np.array(results)))
+                improved = fit > best_fitness or not best.exists()
+                best_fitness = max(best_fitness, fit)
+                print(epoch_summary(epoch, results, fit, improved))
+                if tb is not None:
+                    for k, v in zip(RESULTS_COLUMNS[2:], [*mloss.tolist(), n_targets, img_size, *results]):
+                        tb.add_scalar(k, v, epoch)
+                if not opt.nosave or final:
+                    ckpt_now = snapshot(epoch, 0)
+                    atomic_save(ckpt_now, last)
+                    if improved and not opt.nosave:
+                        atomic_save(ckpt_now, best)
+                    if epoch > 0 and epoch % 10 == 0 and not opt.nosave:
+                        atomic_save(ckpt_now, wdir / f"backup{epoch}.pt")
+                    del ckpt_now
+            barrier(info)
+            if all_reduce_sum(torch.tensor([float(stop.requested)]), info).item() > 0:
+                if main_rank and not final:
+                    print(f"\nStopped after epoch {epoch}; continue with: python train.py --resume --weights {last}")
+                return TrainResult(results, not final, save_dir, best_fitness)
+    finally:
+        stop.uninstall()
+        if tb is not None:
+            tb.close()
+
+    if main_rank:
+        plot_results(results_file, save_dir / "results.png")
+        print(f"{epochs - start_epoch} epochs completed in {(time.time() - t0) / 3600:.3f} hours. "
+              f"Results in {save_dir}")
+    return TrainResult(results, False, save_dir, best_fitness)
+
+
+def restore_rank_state(model: nn.Module, ckpt: dict[str, Any], info: DistInfo, device: torch.device) -> None:
+    """Restore this rank's RNG states and pending (accumulated, not yet stepped) gradients from a checkpoint."""
+    ranks = ckpt.get("ranks")
+    if ranks and len(ranks) == info.world_size:
+        state = ranks[info.rank]
+    else:
+        if ranks and any(r.get("grads") for r in ranks):
+            LOGGER.warning("checkpoint was written by %d rank(s), this run has %d: the gradients accumulated "
+                           "before the interruption are dropped", len(ranks), info.world_size)
+        state = {"rng": ckpt.get("rng"), "grads": None}
+    if state.get("rng"):
+        set_rng_state(state["rng"])
+    grads = state.get("grads") or {}
+    for name, p in model.named_parameters():
+        if name in grads:
+            p.grad = grads[name].to(device=device, dtype=p.dtype)
+
+
+# ---------------------------------------------------------------------------------------------- resume, evolve
+
+
+def find_resume_checkpoint(opt: argparse.Namespace) -> Path:
+    """--resume: --weights PATH if given, else <project>/<name>/weights/last.pt with --name, else the most
+    recently modified <project>/*/weights/last.pt."""
+    if opt.weights:
+        return Path(opt.weights)
+    if opt.name:
+        return Path(opt.project) / opt.name / "weights" / "last.pt"
+    candidates = sorted(Path(opt.project).glob("*/weights/last.pt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise FileNotFoundError(f"--resume: no {opt.project}/*/weights/last.pt found; pass --weights PATH")
+    return candidates[-1]
+
+
+def prepare_resume(opt: argparse.Namespace) -> tuple[argparse.Namespace, dict[str, Any], Path]:
+    """Load the checkpoint to resume, the options it was trained with, and the run folder it belongs to."""
+    path = find_resume_checkpoint(opt)
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt.get("opt"), dict) or ckpt.get("optimizer") is None:
+        raise ValueError(f"{path}: not a resumable checkpoint of this trainer (no options or optimizer state); "
+                         f"to start a new run from its weights use --weights {path}")
+    saved = ckpt["opt"]
+    defaults = vars(build_parser().parse_args([]))
+    resumed = argparse.Namespace(**{**defaults, **saved})
+    for key in opt.explicit:
+        if key in RESUME_MAY_CHANGE:
+            setattr(resumed, key, getattr(opt, key))
+        elif key not in ("resume", "weights", "name", "project") and getattr(opt, key) != saved.get(key):
+            print(f"WARNING: --resume continues with the checkpoint's {key}={saved.get(key)!r}; "
+                  f"the command line's {getattr(opt, key)!r} is ignored")
+    for key in RESUME_MAY_CHANGE:
+        if key not in opt.explicit:
+            setattr(resumed, key, defaults[key])
+    resumed.resume, resumed.explicit = True, opt.explicit
+    epochs_done = ckpt["epoch"] + 1
+    if epochs_done >= resumed.epochs and not ckpt.get("batch"):
+        raise ValueError(f"{path}: this run already finished its {resumed.epochs} epochs; nothing to resume. "
+                         f"To fine-tune from it start a new run with --weights {path}")
+    save_dir = path.parent.parent if path.parent.name == "weights" else path.parent
+    return resumed, ckpt, save_dir
+
+
+def evolve(opt: argparse.Namespace, hyp: dict[str, float], device: torch.device, info: DistInfo) -> int:
+    """--evolve: generations of (choose a parent from evolve.txt, mutate, train, append a row). Restarting
+    continues from the file; ``hyp_evolved.yaml`` holds the best hyperparameters so far."""
+    evolve_dir = Path(opt.project) / (opt.name or "evolve")
+    evolve_file = evolve_dir / "evolve.txt"
+    gen_dir = evolve_dir / "generation"  # scratch folder of the generation in progress; evolve.txt is the record
+    if info.is_main:
+        gen_dir.mkdir(parents=True, exist_ok=True)
+    gains = {**HYP_GAINS, "xy": 1.0, "wh": 1.0} if opt.xywh else HYP_GAINS
+    gen_opt = copy.copy(opt)
+    gen_opt.notest, gen_opt.nosave = True, True  # the final epoch is still tested and saved
+    for _ in range(opt.evolve):
+        child = None
+        if info.is_main:
+            if opt.bucket:
+                try:
+                    gsutil_cp(bucket_url(opt.bucket, "evolve.txt"), evolve_file)
+                except RuntimeError as e:
+                    print(f"WARNING: no evolve.txt taken from the bucket ({e}); continuing with the local file")
+            generation = len(read_evolve(evolve_file)[0]) if evolve_file.is_file() else 0
+            rng = np.random.default_rng([opt.seed, generation])  # a restart continues the same sequence
+            child = propose_hyp(evolve_file, hyp, fitness, rng, gains=gains)
+        child = broadcast_object(child, info)
+        result = train(gen_opt, child, gen_dir, device, info)
+        if info.is_main:
+            print_mutation(child, result.results, evolve_file)  # prints and appends the row
+            write_hyp_yaml(best_hyp(evolve_file, fitness), evolve_dir / "hyp_evolved.yaml",
+                           comment=f"best of {len(read_evolve(evolve_file)[0])} generations in {evolve_file}")
+            plot_evolution_results(evolve_file, evolve_dir / "evolve.png")
+            if opt.bucket:
+                gsutil_cp(evolve_file, bucket_url(opt.bucket, "evolve.txt"))
+        barrier(info)
+        if result.stopped:
+            break
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The train.py command: returns the process exit code."""
+    opt = parse_opt(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    info = DistInfo()
+    try:
+        info, device = setup_distributed(opt.device)
+        if not info.is_main:
+            logging.getLogger().setLevel(logging.WARNING)
+        if opt.resume:
+            opt, ckpt, save_dir = prepare_resume(opt)
+            train(opt, ckpt["hyp"], save_dir, device, info, ckpt=ckpt)
+            return 0
+        if opt.bucket and not gsutil_available():
+            raise FileNotFoundError("--bucket needs gsutil (Google Cloud SDK) on PATH; install it or drop --bucket")
+        hyp = load_hyp(opt.hyp) if opt.hyp else dict(DEFAULT_HYP)
+        if info.is_main:
+            ensure_builtin_dataset(opt.data)
+        barrier(info)
+        if opt.evolve is not None:
+            return evolve(opt, hyp, device, info)
+        save_dir = next_run_dir(opt.project, opt.name or "exp") if info.is_main else None
+        save_dir = broadcast_object(save_dir, info)
+        if info.is_main and opt.name is None and save_dir.name != "exp":
+            print(f"This run writes to {save_dir} (earlier runs are kept)")
+        result = train(opt, hyp, save_dir, device, info)
+        if opt.bucket and info.is_main and not result.stopped:
+            for f in ("results.txt", "weights/last.pt", "weights/best.pt"):
+                if (save_dir / f).exists():
+                    gsutil_cp(save_dir / f, bucket_url(opt.bucket, f"{save_dir.name}/{f}"))
+        return 0
+    except NonFiniteLoss as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError) as e:
+        LOGGER.debug("error details", exc_info=True)
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 1
+    finally:
+        cleanup_distributed(info)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,7 +19,10 @@ each epoch (or only the last with --notest) rank 0 evaluates the valid set with 
 NMS during burn-in, as the reference, since an untrained net yields boxes everywhere).
 
 Ctrl-C or SIGTERM stops after the current batch with a checkpoint at that exact position; ``--resume`` then
-continues bit for bit (on CPU with ``--deterministic``) as if never interrupted.
+continues bit for bit (on CPU with ``--deterministic``) as if never interrupted. Under torchrun, resume by
+rerunning the same torchrun command with ``--resume --weights runs/<name>/weights/last.pt`` added: rank 0
+picks the checkpoint and every rank loads it from that path, so on several machines it must be on shared
+storage (or copied to the same path on each); every rank gets back its own RNG state and pending gradients.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import numpy as np
 import torch
 import yaml
 from torch import nn
+from torch.distributed.elastic.multiprocessing.errors import record
 from tqdm import tqdm
 
 import test as evaluation  # this project's test.py (the evaluation CLI), not the standard library package
@@ -394,6 +398,15 @@ def gradient_state(model: nn.Module) -> dict[str, torch.Tensor] | None:
     return grads or None
 
 
+def resume_command(last: Path, info: DistInfo) -> str:
+    """How to continue a stopped run from ``last``: the same launcher, with --resume (torchrun restarts every
+    rank; the other flags may stay, the checkpoint's options win)."""
+    if info.distributed:
+        return (f"the same torchrun command with --resume --weights {last} added (every rank needs {last} "
+                f"at that path)")
+    return f"python train.py --resume --weights {last}"
+
+
 def gather_rank_states(state: dict[str, Any], info: DistInfo) -> list[dict[str, Any]]:
     """Every rank's ``state`` (RNG, pending gradients), in rank order, on every rank."""
     if not info.distributed:
@@ -493,7 +506,7 @@ def train(
         model.load_state_dict(ckpt["model"])
     model.hyp, model.gr, model.names = loss_hyp, 1.0, names  # ultralytics-compatible attributes
     optimizer = build_optimizer(model, hyp, opt.adam)
-    ema = ModelEMA(model) if opt.ema else None
+    ema = ModelEMA(model) if opt.ema and main_rank else None  # only rank 0 tests and saves; DDP keeps weights equal
     use_amp = device.type == "cuda" and not opt.no_amp or device.type == "cpu" and opt.bf16
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp and device.type == "cuda")
@@ -621,11 +634,11 @@ def train(
                     if main_rank:
                         atomic_save(snapshot(epoch - 1, i + 1, states), last)
                         print(f"\nStopped at epoch {epoch} batch {i + 1}/{nb}; saved {last}. "
-                              f"Continue with: python train.py --resume --weights {last}")
+                              f"Continue with: {resume_command(last, info)}")
                     barrier(info)
                     return TrainResult(results, True, save_dir, best_fitness)
 
-            # End of epoch: test, log, save (rank 0); the other ranks wait at the barrier.
+            # End of epoch: test and log (rank 0), then save (rank 0, with every rank's RNG state).
             final = epoch + 1 == epochs
             if main_rank:
                 if not opt.notest or final:
@@ -645,8 +658,14 @@ def train(
                 if tb is not None:
                     for k, v in zip(RESULTS_COLUMNS[2:], [*mloss.tolist(), n_targets, img_size, *results]):
                         tb.add_scalar(k, v, epoch)
-                if not opt.nosave or final:
-                    ckpt_now = snapshot(epoch, 0)
+            # the other ranks wait here while rank 0 tests; a stop request on any rank stops all (and, even
+            # with --nosave, saves last.pt so that the run can be resumed)
+            stop_any = all_reduce_sum(torch.tensor([float(stop.requested)]), info).item() > 0
+            if not opt.nosave or final or stop_any:
+                # taken after the test: iterating its DataLoader draws from rank 0's torch RNG
+                states = gather_rank_states({"rng": rng_state(), "grads": None}, info)
+                if main_rank:
+                    ckpt_now = snapshot(epoch, 0, states)
                     atomic_save(ckpt_now, last)
                     if improved and not opt.nosave:
                         atomic_save(ckpt_now, best)
@@ -654,9 +673,9 @@ def train(
                         atomic_save(ckpt_now, wdir / f"backup{epoch}.pt")
                     del ckpt_now
             barrier(info)
-            if all_reduce_sum(torch.tensor([float(stop.requested)]), info).item() > 0:
+            if stop_any:
                 if main_rank and not final:
-                    print(f"\nStopped after epoch {epoch}; continue with: python train.py --resume --weights {last}")
+                    print(f"\nStopped after epoch {epoch}; continue with: {resume_command(last, info)}")
                 return TrainResult(results, not final, save_dir, best_fitness)
     finally:
         stop.uninstall()
@@ -671,18 +690,22 @@ def train(
 
 
 def restore_rank_state(model: nn.Module, ckpt: dict[str, Any], info: DistInfo, device: torch.device) -> None:
-    """Restore this rank's RNG states and pending (accumulated, not yet stepped) gradients from a checkpoint."""
-    ranks = ckpt.get("ranks")
-    if ranks and len(ranks) == info.world_size:
-        state = ranks[info.rank]
-    else:
-        if ranks and any(r.get("grads") for r in ranks):
-            LOGGER.warning("checkpoint was written by %d rank(s), this run has %d: the gradients accumulated "
-                           "before the interruption are dropped", len(ranks), info.world_size)
-        state = {"rng": ckpt.get("rng"), "grads": None}
+    """Restore this rank's RNG states and pending (accumulated, not yet stepped) gradients from a checkpoint.
+
+    ``ckpt['ranks']`` holds one ``{"rng", "grads"}`` entry per rank of the run that saved it. With a different
+    number of ranks the pending gradients are dropped (a warning says so) and each rank that has an entry
+    takes its RNG from it; a rank without one keeps its fresh ``seed + rank`` seeding, so no two ranks share
+    a random stream. A checkpoint without ``ranks`` restores its ``rng`` on rank 0 only.
+    """
+    ranks = ckpt.get("ranks") or [{"rng": ckpt.get("rng"), "grads": None}]
+    same_world = len(ranks) == info.world_size
+    if not same_world and any(r.get("grads") for r in ranks):
+        LOGGER.warning("checkpoint was written by %d rank(s), this run has %d: the gradients accumulated "
+                       "before the interruption are dropped", len(ranks), info.world_size)
+    state = ranks[info.rank] if info.rank < len(ranks) else {}
     if state.get("rng"):
         set_rng_state(state["rng"])
-    grads = state.get("grads") or {}
+    grads = (state.get("grads") if same_world else None) or {}
     for name, p in model.named_parameters():
         if name in grads:
             p.grad = grads[name].to(device=device, dtype=p.dtype)
@@ -693,7 +716,7 @@ def restore_rank_state(model: nn.Module, ckpt: dict[str, Any], info: DistInfo, d
 
 def find_resume_checkpoint(opt: argparse.Namespace) -> Path:
     """--resume: --weights PATH if given, else <project>/<name>/weights/last.pt with --name, else the most
-    recently modified <project>/*/weights/last.pt."""
+    recently modified <project>/*/weights/last.pt. Under torchrun only rank 0 calls this (see prepare_resume)."""
     if opt.weights:
         return Path(opt.weights)
     if opt.name:
@@ -704,9 +727,29 @@ def find_resume_checkpoint(opt: argparse.Namespace) -> Path:
     return candidates[-1]
 
 
-def prepare_resume(opt: argparse.Namespace) -> tuple[argparse.Namespace, dict[str, Any], Path]:
-    """Load the checkpoint to resume, the options it was trained with, and the run folder it belongs to."""
-    path = find_resume_checkpoint(opt)
+def prepare_resume(
+    opt: argparse.Namespace, info: DistInfo | None = None
+) -> tuple[argparse.Namespace, dict[str, Any], Path]:
+    """Load the checkpoint to resume, the options it was trained with, and the run folder it belongs to.
+
+    Under torchrun rank 0 picks the checkpoint ("latest by modification time" could differ from machine to
+    machine) and every rank then loads that same path: all ranks must see it there, on shared storage or a
+    copy at the same path on every machine.
+    """
+    info = info or DistInfo()
+    found: tuple[str | None, str | None] = (None, None)  # (path, error): rank 0's answer for every rank
+    if info.is_main:
+        try:
+            found = (str(find_resume_checkpoint(opt)), None)
+        except FileNotFoundError as e:
+            found = (None, str(e))
+    path_name, error = broadcast_object(found, info)
+    if error is not None:
+        raise FileNotFoundError(error)
+    path = Path(path_name)
+    if info.distributed and not path.is_file():
+        raise FileNotFoundError(f"rank {info.rank}: --resume checkpoint {path} (chosen by rank 0) is not on this "
+                                f"machine; every rank needs it at the same path (shared storage or a copy)")
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt.get("opt"), dict) or ckpt.get("optimizer") is None:
         raise ValueError(f"{path}: not a resumable checkpoint of this trainer (no options or optimizer state); "
@@ -717,7 +760,8 @@ def prepare_resume(opt: argparse.Namespace) -> tuple[argparse.Namespace, dict[st
     for key in opt.explicit:
         if key in RESUME_MAY_CHANGE:
             setattr(resumed, key, getattr(opt, key))
-        elif key not in ("resume", "weights", "name", "project") and getattr(opt, key) != saved.get(key):
+        elif key not in ("resume", "weights", "name", "project") and getattr(opt, key) != saved.get(key) \
+                and info.is_main:
             print(f"WARNING: --resume continues with the checkpoint's {key}={saved.get(key)!r}; "
                   f"the command line's {getattr(opt, key)!r} is ignored")
     for key in RESUME_MAY_CHANGE:
@@ -769,6 +813,7 @@ def evolve(opt: argparse.Namespace, hyp: dict[str, float], device: torch.device,
     return 0
 
 
+@record  # under torchrun a rank's uncaught exception goes into the launcher's failure report
 def main(argv: list[str] | None = None) -> int:
     """The train.py command: returns the process exit code."""
     opt = parse_opt(argv)
@@ -778,16 +823,18 @@ def main(argv: list[str] | None = None) -> int:
         info, device = setup_distributed(opt.device)
         if not info.is_main:
             logging.getLogger().setLevel(logging.WARNING)
+        ckpt = None
         if opt.resume:
-            opt, ckpt, save_dir = prepare_resume(opt)
+            opt, ckpt, save_dir = prepare_resume(opt, info)
+        elif opt.bucket and not gsutil_available():
+            raise FileNotFoundError("--bucket needs gsutil (Google Cloud SDK) on PATH; install it or drop --bucket")
+        if info.local_rank == 0:  # once per machine: machines without shared storage each make their own copy
+            ensure_builtin_dataset(opt.data, verbose=info.is_main)
+        barrier(info)
+        if ckpt is not None:
             train(opt, ckpt["hyp"], save_dir, device, info, ckpt=ckpt)
             return 0
-        if opt.bucket and not gsutil_available():
-            raise FileNotFoundError("--bucket needs gsutil (Google Cloud SDK) on PATH; install it or drop --bucket")
         hyp = load_hyp(opt.hyp) if opt.hyp else dict(DEFAULT_HYP)
-        if info.is_main:
-            ensure_builtin_dataset(opt.data)
-        barrier(info)
         if opt.evolve is not None:
             return evolve(opt, hyp, device, info)
         save_dir = next_run_dir(opt.project, opt.name or "exp") if info.is_main else None

@@ -122,6 +122,18 @@ def test_failed_save_keeps_old_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_saved_file_gets_the_umask_mode_not_mkstemps_0600(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        path = atomic_save({"epoch": 0}, tmp_path / "last.pt")
+        assert ck._umask() == umask
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 def test_sigkill_during_save_keeps_old_file(tmp_path, repo_root):

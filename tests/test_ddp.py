@@ -132,10 +132,15 @@ def test_stopped_two_rank_run_resumes_to_the_same_weights(
     project, logs = tmp_path / "runs", tmp_path / "logs"
     launcher = ["--standalone", "--nproc_per_node", "2"]
     resume = ["--resume", "--project", str(project), "--name", "run"]
-    # 1) stop after epoch 0 (4 batches = one epoch), exactly as SIGTERM would
-    check(torchrun(launcher, [*train_args(data_cfg, project, "run"), "--stop-after-batches", "4"], repo_root,
-                   logs / "a"), logs / "a")  # fmt: skip
+    # 1) stop after epoch 0 (4 batches = one epoch), exactly as SIGTERM would; --ema (rank 0 only) must not
+    # change the trained weights and must carry over the resumes
+    check(torchrun(launcher, [*train_args(data_cfg, project, "run"), "--ema", "--stop-after-batches", "4"],
+                   repo_root, logs / "a"), logs / "a")  # fmt: skip
     assert "Stopped after epoch 0" in rank_logs(logs / "a", 0)
+    assert "the same torchrun command with --resume" in rank_logs(logs / "a", 0)
+    # the epoch-end checkpoint carries each rank's own RNG state (ranks are seeded seed + rank)
+    ranks = torch.load(project / "run" / "weights" / "last.pt", map_location="cpu", weights_only=False)["ranks"]
+    assert len(ranks) == 2 and not torch.equal(ranks[0]["rng"]["torch"], ranks[1]["rng"]["torch"])
     # 2) resume, stop mid-epoch in the middle of an accumulation (per-rank pending gradients, sampler position)
     check(torchrun(launcher, [*resume, "--stop-after-batches", "3"], repo_root, logs / "b"), logs / "b")
     assert "Resuming from epoch 1, batch 0 of 4" in rank_logs(logs / "b", 0)
@@ -149,6 +154,8 @@ def test_stopped_two_rank_run_resumes_to_the_same_weights(
     diff = max_abs_diff(resumed, uninterrupted)
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed), f"max abs difference {diff}"
     assert len((project / "run" / "results.txt").read_text().splitlines()) == 3
+    final = torch.load(project / "run" / "weights" / "last.pt", map_location="cpu", weights_only=False)
+    assert final["ema"] is not None and final["ema_updates"] == 4  # 2 epochs x 2 optimizer steps
 
 
 def test_two_machines_on_loopback_complete_an_epoch(tmp_path: Path, repo_root: Path, data_cfg: Path) -> None:

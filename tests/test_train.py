@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -13,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 import train
 from models import Darknet
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import atomic_save, load_checkpoint, make_checkpoint, rng_state
+from utils.distributed import DistInfo, cleanup_distributed, setup_distributed
 from utils.hyp import load_hyp
 from utils.shapes import make_shapes_dataset
 
@@ -227,3 +230,113 @@ def test_learns_builtin_shapes_from_scratch(tmp_path, capsys):
               f"in {time.time() - t0:.0f} s")
     assert map50 >= LEARN_MAP50
     assert np.isfinite(map50)
+
+
+# ---------------------------------------------------------------- torchrun pieces that need no training
+
+
+def _rng_after(seed: int) -> dict:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    return rng_state()
+
+
+def test_each_rank_restores_its_own_rng_and_pending_gradients():
+    model = torch.nn.Linear(2, 1)
+    ranks = [{"rng": _rng_after(r), "grads": {"weight": torch.full((1, 2), float(r))}} for r in range(2)]
+    ckpt = {"rng": ranks[0]["rng"], "ranks": ranks}
+    for r in range(2):
+        torch.manual_seed(99)
+        train.restore_rank_state(model, ckpt, DistInfo(rank=r, world_size=2), torch.device("cpu"))
+        assert torch.equal(torch.get_rng_state(), ranks[r]["rng"]["torch"])
+        assert torch.equal(model.weight.grad, torch.full((1, 2), float(r)))
+
+
+def test_other_world_size_drops_gradients_and_never_shares_a_stream(caplog):
+    model = torch.nn.Linear(2, 1)
+    ranks = [{"rng": _rng_after(r), "grads": {"weight": torch.ones(1, 2)}} for r in range(2)]
+    own = _rng_after(7)  # what init_seeds(seed + rank) gave the rank without an entry
+    train.restore_rank_state(model, {"rng": ranks[0]["rng"], "ranks": ranks}, DistInfo(rank=2, world_size=3),
+                             torch.device("cpu"))  # fmt: skip
+    assert torch.equal(torch.get_rng_state(), own["torch"]) and model.weight.grad is None
+    assert "gradients accumulated before the interruption are dropped" in caplog.text
+    train.restore_rank_state(model, {"rng": ranks[0]["rng"], "ranks": ranks}, DistInfo(rank=1, world_size=3),
+                             torch.device("cpu"))  # fmt: skip
+    assert torch.equal(torch.get_rng_state(), ranks[1]["rng"]["torch"]) and model.weight.grad is None
+    # a checkpoint without per-rank entries restores its single RNG state on rank 0 only
+    own = _rng_after(8)
+    train.restore_rank_state(model, {"rng": ranks[0]["rng"]}, DistInfo(rank=1, world_size=2), torch.device("cpu"))
+    assert torch.equal(torch.get_rng_state(), own["torch"])
+    train.restore_rank_state(model, {"rng": ranks[0]["rng"]}, DistInfo(rank=0, world_size=2), torch.device("cpu"))
+    assert torch.equal(torch.get_rng_state(), ranks[0]["rng"]["torch"])
+
+
+def test_resume_hint_names_the_launcher():
+    last = Path("runs/exp/weights/last.pt")
+    assert train.resume_command(last, DistInfo()) == f"python train.py --resume --weights {last}"
+    hint = train.resume_command(last, DistInfo(rank=0, world_size=2))
+    assert "torchrun" in hint and f"--resume --weights {last}" in hint and "python train.py" not in hint
+
+
+def test_uncaught_error_reaches_torchruns_error_file(tmp_path, monkeypatch):
+    def broken(device):
+        raise RuntimeError("rank blew up")
+
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    monkeypatch.setattr(train, "setup_distributed", broken)
+    with pytest.raises(RuntimeError, match="rank blew up"):
+        train.main(["--weights", "", "--device", "cpu", "--project", str(tmp_path)])
+    assert "RuntimeError: rank blew up" in json.loads(error_file.read_text())["message"]["message"]
+
+
+def _resume_worker(rank: int, port: int, root: str) -> None:
+    import contextlib
+    import io
+
+    torch.set_num_threads(1)
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE="2", LOCAL_WORLD_SIZE="1",
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), YOLO_DIST_TIMEOUT="60",
+    )  # fmt: skip
+    info, _ = setup_distributed("cpu")
+    os.chdir(Path(root) / f"machine{rank}")  # each rank its own "machine": relative paths differ in content
+    out, result = io.StringIO(), {}
+    with contextlib.redirect_stdout(out):
+        for project in ("runs", "empty"):
+            opt = train.parse_opt(["--resume", "--project", project, "--epochs", "3"])
+            try:
+                _, ckpt, save_dir = train.prepare_resume(opt, info)
+                result[project] = (str(save_dir), ckpt["var"])
+            except FileNotFoundError as e:
+                result[project] = str(e)
+    result["stdout"] = out.getvalue()
+    torch.save(result, Path(root) / f"rank{rank}.pt")
+    cleanup_distributed(info)
+
+
+def test_ranks_resume_the_checkpoint_that_rank_0_picks(tmp_path):
+    """Two "machines" whose latest run differs by modification time: both resume the run rank 0 picked."""
+    opt = train.opt_to_dict(train.parse_opt(["--epochs", "2"]))
+    for machine, newest in ((0, "b"), (1, "a")):
+        for i, run in enumerate(sorted({"a", "b"} - {newest}) + [newest]):
+            last = tmp_path / f"machine{machine}" / "runs" / run / "weights" / "last.pt"
+            atomic_save(make_checkpoint(epoch=0, best_fitness=0.0, training_results="", model={}, optimizer={},
+                                        opt=opt, var=f"{machine}{run}"), last)  # fmt: skip
+            os.utime(last, (1e9 + i, 1e9 + i))
+        (tmp_path / f"machine{machine}" / "empty").mkdir()
+    mp.start_processes(_resume_worker, args=(_free_port(), str(tmp_path)), nprocs=2, start_method="fork")
+    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    assert results[0]["runs"] == (str(Path("runs/b")), "0b")
+    assert results[1]["runs"] == (str(Path("runs/b")), "1b")  # its own newest is a; it follows rank 0
+    assert "no empty/*/weights/last.pt found" in results[0]["empty"] == results[1]["empty"]
+    assert "WARNING: --resume continues with the checkpoint's epochs=2" in results[0]["stdout"]
+    assert results[1]["stdout"] == ""  # only rank 0 prints
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

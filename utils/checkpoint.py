@@ -90,7 +90,8 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     The data goes to a temporary file in the same folder (same filesystem, so the rename is atomic), is
     flushed and fsynced, then ``os.replace`` swaps it in. If saving raises, the temporary file is removed and
     the old ``path`` is untouched. A SIGKILL mid-write can leave a ``.<name>.*.tmp`` file beside it, never a
-    truncated ``path``.
+    truncated ``path``. The file gets the mode a plain ``open()`` would give (0o666 less the umask, usually
+    0o644), not the owner-only 0o600 of ``mkstemp``, so others sharing the run folder can read it.
 
     Returns:
         ``path`` as a Path.
@@ -103,12 +104,28 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the mode open() would have given
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _umask() -> int:
+    """The process umask. Read from /proc on Linux; elsewhere ``os.umask`` must set it to read it, so it is
+    set straight back (a file another thread creates in between could get mode 0o666 & ~0o022)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -161,7 +161,13 @@ def make_shapes_dataset(
         if root.exists() and overwrite:
             shutil.rmtree(root)
         if not root.exists():
-            os.rename(tmp, root)
+            try:
+                os.rename(tmp, root)
+            except OSError:
+                # Another process (a second machine's rank on shared storage) renamed its copy in first:
+                # the generator is deterministic, so its files are the same as ours.
+                if overwrite or not root.is_dir():
+                    raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -13,6 +13,7 @@ from utils.augmentations import (
     fliplr,
     letterbox,
     mosaic,
+    mosaic_affine,
     random_affine,
     warp_image,
 )
@@ -163,3 +164,28 @@ def test_mosaic_places_images_and_labels(seed):
             mask = (out == colours[int(row[0])]).all(2)
             ys, xs = np.nonzero(mask)
             np.testing.assert_allclose([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], row[1:], atol=0.5)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"degrees": 0, "translate": 0, "scale": 0, "shear": 0},  # pure integer shift: the no-canvas fast path
+        {"degrees": 0, "translate": 0.2, "scale": 0, "shear": 0},  # fractional shift: warpAffine
+        {"degrees": 10, "translate": 0.1, "scale": 0.3, "shear": 5},
+    ],
+)
+def test_mosaic_affine_equals_mosaic_then_random_affine(seed, params):
+    rng_img = np.random.default_rng(100 + seed)
+    s = 64
+    sizes = [(64, 48), (40, 64), (64, 64), (20, 64)] if seed % 2 else [(64, 64), (64, 30), (50, 64), (64, 64)]
+    imgs = [rng_img.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+    labels = [np.array([[k, 0.5, 0.5, 0.4, 0.3], [k, 0.2, 0.7, 0.1, 0.2]], np.float32) for k in range(4)]
+    labels[2] = np.zeros((0, 5), np.float32)
+    rng = np.random.default_rng(seed)
+    img4, labels4 = mosaic(imgs, labels, s, rng)
+    want_img, want_t = random_affine(img4, labels4, border=-s // 2, rng=rng, **params)
+    got_img, got_t = mosaic_affine(imgs, labels, s, rng=np.random.default_rng(seed), **params)
+    assert got_img.shape == (s, s, 3)
+    np.testing.assert_array_equal(got_img, want_img)
+    np.testing.assert_array_equal(got_t, want_t)

@@ -15,12 +15,14 @@ from PIL import Image
 
 from utils.datasets import (
     LoadImagesAndLabels,
+    bgr_to_chw_rgb,
     img2label_paths,
     list_image_files,
     load_image,
     main,
     resize_batch,
     resolve_data_cfg,
+    worker_init,
 )
 
 
@@ -242,6 +244,103 @@ def test_resize_batch():
     assert resize_batch(imgs, 96) is imgs
     assert resize_batch(imgs, 128).shape == (2, 3, 96, 128)
     assert resize_batch(imgs, 100).shape == (2, 3, 96, 128)  # sides rounded up to multiples of 32
+
+
+def _assert_same_items(a: tuple, b: tuple) -> None:
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2:] == b[2:]
+
+
+SIZES6 = {"a": (64, 48), "b": (48, 64), "c": (80, 60), "d": (64, 64), "e": (100, 40), "f": (50, 50)}
+
+
+@pytest.mark.parametrize("kw", [{"augment": True}, {}, {"augment": True, "rect": True}])
+def test_ram_cache_items_equal_uncached(tmp_path, kw):
+    images = make_dataset(tmp_path, dict.fromkeys(SIZES6, GOOD), sizes=SIZES6)
+    cached = LoadImagesAndLabels(images, img_size=64, batch_size=2, verbose=False, **kw)
+    plain = LoadImagesAndLabels(images, img_size=64, batch_size=2, verbose=False, ram_cache_mb=0, **kw)
+    assert plain.ram_cache is None and len(cached.ram_cache) == 0
+    for epoch in (0, 1):  # epoch 0 fills the cache, epoch 1 reads it
+        cached.set_epoch(epoch)
+        plain.set_epoch(epoch)
+        for i in range(len(plain)):
+            _assert_same_items(cached[i], plain[i])
+    assert len(cached.ram_cache) == 6
+    img = cached.ram_cache.get(0)[0]
+    assert not img.flags.writeable  # shared with other processes: nothing may draw on it
+
+
+def test_ram_cache_respects_budget(tmp_path):
+    images = make_dataset(tmp_path, dict.fromkeys(SIZES6, GOOD), sizes=SIZES6)
+    ds = LoadImagesAndLabels(images, img_size=64, verbose=False, ram_cache_mb=30_000 / 2**20)  # 30 kB
+    hw = ds.ram_cache.shapes_hw
+    nbytes = hw.prod(1) * 3  # resized images: 64x48, 48x64, 64x48, 64x64, 64x25, 64x64
+    assert hw.tolist()[:2] == [[48, 64], [64, 48]] and nbytes.tolist()[:2] == [9216, 9216]
+    fits = int((np.cumsum(nbytes) <= 30_000).sum())  # images in index order while they fit: 3
+    assert fits == 3 and (ds.ram_cache.offsets >= 0).sum() == fits
+    assert ds.ram_cache.nbytes == nbytes[:fits].sum() <= 30_000
+    assert ds.ram_cache._data.untyped_storage().nbytes() <= 30_000
+    for i in range(len(ds)):
+        ds[i]
+    assert len(ds.ram_cache) == fits
+    assert LoadImagesAndLabels(images, img_size=64, verbose=False, ram_cache_mb=0.001).ram_cache is None
+    with pytest.raises(ValueError, match="ram_cache_mb"):
+        LoadImagesAndLabels(images, img_size=64, verbose=False, ram_cache_mb=-1)
+
+
+def test_set_epoch_reaches_persistent_workers_and_workers_fill_the_shared_cache(tmp_path):
+    images = make_dataset(tmp_path, dict.fromkeys(SIZES6, GOOD), sizes=SIZES6)
+    ds = LoadImagesAndLabels(images, img_size=64, augment=True, verbose=False)
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, persistent_workers=True,
+                                         collate_fn=LoadImagesAndLabels.collate_fn, worker_init_fn=worker_init)
+    firsts = []
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        batches = list(loader)
+        expected = [LoadImagesAndLabels.collate_fn([ds[i], ds[i + 1]]) for i in range(0, 6, 2)]
+        for got, want in zip(batches, expected):
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]) and got[2] == want[2]
+        firsts.append(batches[0][0])
+    assert not torch.equal(*firsts)  # the epochs differ, so the workers did switch to epoch 1
+    assert len(ds.ram_cache) == 6  # written by the workers, seen here
+
+
+def test_threads_and_indices(tmp_path):
+    images = make_dataset(tmp_path, dict.fromkeys(SIZES6, GOOD), sizes=SIZES6)
+    one = LoadImagesAndLabels(images, img_size=64, augment=True, verbose=False, threads=1)
+    two = LoadImagesAndLabels(images, img_size=64, augment=True, verbose=False, threads=2, ram_cache_mb=0)
+    for a, b in zip(one.__getitems__([5, 0, 3, 3]), two.__getitems__([5, 0, 3, 3])):
+        _assert_same_items(a, b)
+    with pytest.raises(ValueError, match="threads"):
+        LoadImagesAndLabels(images, img_size=64, verbose=False, threads=0)
+    one.image_weights = True
+    one.indices = [5, 5, 5, 0, 0, 0]
+    assert one.indices.tolist() == [5, 5, 5, 0, 0, 0] and one[1][2] == one.img_files[5]
+    with pytest.raises(ValueError, match="indices"):
+        one.indices = [0, 6, 0, 0, 0, 0]
+
+
+def test_bgr_to_chw_rgb_and_collate():
+    img = np.random.default_rng(0).integers(0, 255, (5, 7, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(bgr_to_chw_rgb(img), img[:, :, ::-1].transpose(2, 0, 1))
+    np.testing.assert_array_equal(bgr_to_chw_rgb(img, flip=True), img[:, ::-1, ::-1].transpose(2, 0, 1))
+    items = [(torch.from_numpy(bgr_to_chw_rgb(img)), torch.ones((k, 6)), f"p{k}", None) for k in (2, 0, 1)]
+    imgs, targets, paths, shapes = LoadImagesAndLabels.collate_fn(items)
+    assert imgs.shape == (3, 3, 5, 7) and imgs.dtype == torch.uint8 and torch.equal(imgs[1], items[1][0])
+    assert targets[:, 0].tolist() == [0, 0, 2] and paths == ("p2", "p0", "p1") and shapes == (None,) * 3
+
+
+@pytest.mark.slow
+def test_spawned_workers_share_the_cache_and_epoch(tmp_path):
+    images = make_dataset(tmp_path, dict.fromkeys(SIZES6, GOOD), sizes=SIZES6)
+    ds = LoadImagesAndLabels(images, img_size=64, augment=True, verbose=False)
+    ds.set_epoch(3)
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=1, multiprocessing_context="spawn",
+                                         collate_fn=LoadImagesAndLabels.collate_fn)
+    got = list(loader)
+    assert len(ds.ram_cache) == 6
+    for b, start in zip(got, (0, 3)):
+        want = LoadImagesAndLabels.collate_fn([ds[i] for i in range(start, start + 3)])
+        assert torch.equal(b[0], want[0]) and torch.equal(b[1], want[1])
 
 
 # ------------------------------------------------------------------------------------------- coco128

@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 
 PAD_VALUE = 114  # grey used for padding and for the mosaic canvas, as in the reference trainer
+_EYE2 = np.eye(2)
+_LEVELS = np.arange(256, dtype=np.float64)  # the 8-bit values, for lookup tables
 
 
 def letterbox(
@@ -77,7 +79,7 @@ def augment_hsv(img: np.ndarray, hgain: float, sgain: float, vgain: float, rng: 
     r = rng.uniform(-1, 1, 3) * (hgain, sgain, vgain) + 1
     if np.all(r == 1):
         return img.copy()
-    x = np.arange(256, dtype=np.float64)
+    x = _LEVELS
     lut = np.empty((1, 256, 3), dtype=np.uint8)
     lut[0, :, 0] = ((x * r[0]) % 180).astype(np.uint8)
     lut[0, :, 1] = np.clip(x * r[1], 0, 255).astype(np.uint8)
@@ -129,15 +131,20 @@ def affine_matrix(
     return S @ T @ R, s
 
 
+def _is_integer_translation(M: np.ndarray) -> bool:
+    """True when the 3x3 affine ``M`` only shifts by whole pixels (no rotation, scale or shear)."""
+    t = M[:2, 2]
+    return bool((M[:2, :2] == _EYE2).all() and (t == np.round(t)).all())
+
+
 def warp_image(img: np.ndarray, M: np.ndarray, height: int, width: int) -> np.ndarray:
     """Apply the 3x3 affine ``M`` to ``img`` into a new ``(height, width)`` image, grey (114) outside.
 
     A pure integer translation (the default hyperparameters: no rotation, scale or shear) is done by copying
     slices, which gives the same pixels as ``cv2.warpAffine`` (bilinear weights are exactly 0/1) much faster.
     """
-    t = M[:2, 2]
-    if np.array_equal(M[:2, :2], np.eye(2)) and np.array_equal(t, np.round(t)):
-        return _translate(img, int(t[0]), int(t[1]), height, width)
+    if _is_integer_translation(M):
+        return _translate(img, int(M[0, 2]), int(M[1, 2]), height, width)
     return cv2.warpAffine(
         img, M[:2], dsize=(width, height), flags=cv2.INTER_LINEAR, borderValue=(PAD_VALUE, PAD_VALUE, PAD_VALUE)
     )
@@ -160,13 +167,13 @@ def transform_boxes(targets: np.ndarray, M: np.ndarray, s: float, height: int, w
         return np.zeros((0, 5), dtype=np.float32)
     corners = np.ones((n * 4, 3))
     corners[:, :2] = targets[:, [1, 2, 3, 4, 1, 4, 3, 2]].reshape(n * 4, 2)  # x1y1, x2y2, x1y2, x2y1
-    corners = (corners @ M.T)[:, :2].reshape(n, 8)
-    x, y = corners[:, 0::2], corners[:, 1::2]
-    xy = np.stack((x.min(1), y.min(1), x.max(1), y.max(1)), 1)
-    xy[:, [0, 2]] = xy[:, [0, 2]].clip(0, width)
-    xy[:, [1, 3]] = xy[:, [1, 3]].clip(0, height)
-    w, h = xy[:, 2] - xy[:, 0], xy[:, 3] - xy[:, 1]
-    area0 = (targets[:, 3] - targets[:, 1]) * (targets[:, 4] - targets[:, 2])
+    corners = (corners @ M.T)[:, :2].reshape(n, 4, 2)
+    xy = np.concatenate((corners.min(1), corners.max(1)), 1)  # x1 y1 x2 y2
+    np.clip(xy, 0, (width, height, width, height), out=xy)
+    wh = xy[:, 2:] - xy[:, :2]
+    w, h = wh[:, 0], wh[:, 1]
+    d0 = targets[:, 3:5] - targets[:, 1:3]
+    area0 = d0[:, 0] * d0[:, 1]
     ar = np.maximum(w / (h + 1e-16), h / (w + 1e-16))
     keep = (w > 2) & (h > 2) & (w * h / (area0 * s + 1e-16) > 0.2) & (ar < 20)
     out = np.empty((int(keep.sum()), 5), dtype=np.float32)
@@ -210,6 +217,55 @@ def random_affine(
     return img, transform_boxes(np.asarray(targets, dtype=np.float32).reshape(-1, 5), M, s, height, width)
 
 
+def _mosaic_layout(
+    hw: Sequence[tuple[int, int]], size: int, rng: np.random.Generator
+) -> list[tuple[int, int, int, int, int, int]]:
+    """Draw the mosaic centre and place 4 images of sizes ``hw`` around it on the 2s x 2s canvas.
+
+    Returns one ``(x1a, y1a, cx1, cy1, cx2, cy2)`` per image: where its top-left corner lands on the canvas
+    (may be negative) and the canvas rectangle it covers after clipping to the canvas.
+    """
+    s = size
+    xc, yc = (int(rng.uniform(s * 0.5, s * 1.5)) for _ in range(2))
+    out = []
+    for k, (h, w) in enumerate(hw):
+        x1a = xc - w if k in (0, 2) else xc
+        y1a = yc - h if k in (0, 1) else yc
+        out.append((x1a, y1a, max(x1a, 0), max(y1a, 0), min(x1a + w, 2 * s), min(y1a + h, 2 * s)))
+    return out
+
+
+def _mosaic_labels(
+    labels_xywh: Sequence[np.ndarray], hw: Sequence[tuple[int, int]], layout: Sequence[tuple], size: int
+) -> np.ndarray:
+    """The 4 images' normalised xywh labels as (n, 5) float32 ``class, x1, y1, x2, y2`` canvas pixels in [0, 2s]."""
+    lab = [np.asarray(x, dtype=np.float32).reshape(-1, 5) for x in labels_xywh]
+    x = np.concatenate(lab, 0)
+    # per row: the image's (w, h) and the canvas position of its top-left corner, in float32 like the labels
+    geo = np.repeat(np.array([(w, h, x1a, y1a) for (h, w), (x1a, y1a, *_) in zip(hw, layout)], np.float32),
+                    [len(v) for v in lab], axis=0)
+    half = x[:, 3:5] / 2
+    labels4 = np.empty_like(x)
+    labels4[:, 0] = x[:, 0]
+    labels4[:, 1:3] = geo[:, :2] * (x[:, 1:3] - half) + geo[:, 2:]
+    labels4[:, 3:5] = geo[:, :2] * (x[:, 1:3] + half) + geo[:, 2:]
+    np.clip(labels4[:, 1:], 0, 2 * size, out=labels4[:, 1:])
+    return labels4
+
+
+def _paste(
+    dst: np.ndarray, imgs: Sequence[np.ndarray], layout: Sequence[tuple], tx: int = 0, ty: int = 0
+) -> np.ndarray:
+    """Copy each image's canvas rectangle into ``dst``, shifted by ``(tx, ty)`` and clipped to ``dst``."""
+    height, width = dst.shape[:2]
+    for img, (x1a, y1a, cx1, cy1, cx2, cy2) in zip(imgs, layout):
+        x1, y1 = max(cx1 + tx, 0), max(cy1 + ty, 0)
+        x2, y2 = min(cx2 + tx, width), min(cy2 + ty, height)
+        if x2 > x1 and y2 > y1:
+            dst[y1:y2, x1:x2] = img[y1 - ty - y1a : y2 - ty - y1a, x1 - tx - x1a : x2 - tx - x1a]
+    return dst
+
+
 def mosaic(
     imgs: Sequence[np.ndarray], labels_xywh: Sequence[np.ndarray], size: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -224,31 +280,46 @@ def mosaic(
 
     Returns:
         ``(img4, labels4)``: the (2s, 2s, 3) canvas and (n, 5) float32 ``class, x1, y1, x2, y2`` canvas pixels,
-        clipped to [0, 2s]. Callers then apply :func:`random_affine` with ``border=-s // 2``.
+        clipped to [0, 2s]. Callers then apply :func:`random_affine` with ``border=-s // 2``
+        (:func:`mosaic_affine` does both).
+    """
+    hw = [img.shape[:2] for img in imgs]
+    layout = _mosaic_layout(hw, size, rng)
+    img4 = _paste(np.full((2 * size, 2 * size, imgs[0].shape[2]), PAD_VALUE, dtype=np.uint8), imgs, layout)
+    return img4, _mosaic_labels(labels_xywh, hw, layout, size)
+
+
+def mosaic_affine(
+    imgs: Sequence[np.ndarray],
+    labels_xywh: Sequence[np.ndarray],
+    size: int,
+    degrees: float,
+    translate: float,
+    scale: float,
+    shear: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A mosaic training image: ``random_affine(*mosaic(...), border=-size // 2)`` with the same draws and output.
+
+    When the drawn transform is a pure integer translation (always so with the default hyperparameters: no
+    rotation, scale or shear, no random translation), the images are copied straight into the s x s output
+    instead of into a 2s x 2s canvas that is then cropped: a quarter of the pixels written, same result.
+
+    Returns:
+        ``(img, targets)``: the (s, s, 3) uint8 image and the kept boxes (m, 5) float32 ``class, x1, y1, x2, y2``
+        pixels of it.
     """
     s = size
-    xc, yc = (int(rng.uniform(s * 0.5, s * 1.5)) for _ in range(2))
-    img4 = np.full((2 * s, 2 * s, imgs[0].shape[2]), PAD_VALUE, dtype=np.uint8)
-    out = []
-    for k, (img, lab) in enumerate(zip(imgs, labels_xywh)):
-        h, w = img.shape[:2]
-        # Canvas rectangle (x1a..x2a, y1a..y2a) of the image placed against the centre, before clipping.
-        x1a = xc - w if k in (0, 2) else xc
-        y1a = yc - h if k in (0, 1) else yc
-        cx1, cy1 = max(x1a, 0), max(y1a, 0)
-        cx2, cy2 = min(x1a + w, 2 * s), min(y1a + h, 2 * s)
-        img4[cy1:cy2, cx1:cx2] = img[cy1 - y1a : cy2 - y1a, cx1 - x1a : cx2 - x1a]
-        lab = np.asarray(lab, dtype=np.float32).reshape(-1, 5)
-        px = np.empty_like(lab)
-        px[:, 0] = lab[:, 0]
-        px[:, 1] = w * (lab[:, 1] - lab[:, 3] / 2) + x1a
-        px[:, 2] = h * (lab[:, 2] - lab[:, 4] / 2) + y1a
-        px[:, 3] = w * (lab[:, 1] + lab[:, 3] / 2) + x1a
-        px[:, 4] = h * (lab[:, 2] + lab[:, 4] / 2) + y1a
-        out.append(px)
-    labels4 = np.concatenate(out, 0)
-    np.clip(labels4[:, 1:], 0, 2 * s, out=labels4[:, 1:])
-    return img4, labels4
+    hw = [img.shape[:2] for img in imgs]
+    layout = _mosaic_layout(hw, s, rng)
+    labels4 = _mosaic_labels(labels_xywh, hw, layout, s)
+    M, sc = affine_matrix((2 * s, 2 * s), degrees, translate, scale, shear, -s // 2, rng)
+    c = imgs[0].shape[2]
+    if _is_integer_translation(M):
+        img = _paste(np.full((s, s, c), PAD_VALUE, dtype=np.uint8), imgs, layout, int(M[0, 2]), int(M[1, 2]))
+    else:
+        img = warp_image(_paste(np.full((2 * s, 2 * s, c), PAD_VALUE, dtype=np.uint8), imgs, layout), M, s, s)
+    return img, transform_boxes(labels4, M, sc, s, s)
 
 
 def fliplr(img: np.ndarray, labels_xywh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

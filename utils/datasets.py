@@ -11,6 +11,12 @@ folder, keyed by the paths, sizes and modification times of all images and label
 and ``nc``), so editing any file rebuilds it. Folders whose permission bits forbid writing (read-only dataset
 mounts) get no cache.
 
+Speed: decoded, resized images are kept in a shared-memory RAM cache (``SharedImageCache``, ``ram_cache_mb``) that
+the main process and every DataLoader worker fill and read, so each image is decoded once per run rather than
+about four times per epoch (mosaic). The epoch lives in shared memory too, so DataLoader workers may be persistent.
+With ``num_workers=0`` the items of a batch are built by a few threads (``threads``). None of this changes an item:
+it stays a pure function of (seed, epoch, index).
+
 Command line: ``python -m utils.datasets check data/coco128.data [--img-size 416] [--plot labels.png]`` validates
 the train and valid sets of a ``.data`` file, prints the report and the per-class counts, and exits 1 on any error.
 """
@@ -23,7 +29,9 @@ import hashlib
 import json
 import logging
 import math
+import multiprocessing
 import os
+import shutil
 import sys
 import zipfile
 from collections.abc import Sequence
@@ -37,7 +45,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from utils.augmentations import augment_hsv, fliplr, letterbox, mosaic, random_affine
+from utils.augmentations import augment_hsv, letterbox, mosaic_affine, random_affine
 from utils.boxes import xyxy2xywh
 from utils.hyp import DEFAULT_HYP
 from utils.parse_config import parse_data_cfg
@@ -336,6 +344,114 @@ def load_image(
     return img, (h0, w0), img.shape[:2]
 
 
+class SharedImageCache:
+    """Decoded, resized images (``load_image`` results) in one shared-memory block, filled on first use.
+
+    A mosaic item reads 4 images, so without a cache an epoch decodes every image about 4 times, and again in
+    every epoch. The block is allocated by the process that builds the dataset, before any DataLoader worker
+    starts, and is shared by that process and all its workers (fork, spawn or forkserver: torch passes the
+    memory, not a copy), also across epochs when workers are re-created: each image is decoded once per run by
+    whichever process needs it first. Pages take memory only once an image is written.
+
+    Slots are given to images in index order while they fit in ``budget_bytes`` (fill until full, no eviction:
+    under a random order every policy hits the same fraction); an image whose decoded size differs from the
+    expected one is simply not cached. Slot i holds exactly the array ``load_image`` returned, so cached and
+    uncached items are identical. A slot is claimed, written, then published under a lock; a process that sees
+    it published reads it lock-free afterwards.
+    """
+
+    _EMPTY, _BUSY, _READY = 0, 1, 2
+    _LOCK_TIMEOUT_S = 1.0  # a lock held this long (a worker killed inside it): treat as a miss rather than hang
+
+    def __init__(self, shapes_hw: np.ndarray, budget_bytes: int) -> None:
+        """``shapes_hw``: (n, 2) expected (h, w) of each resized image; ``budget_bytes``: the most memory used."""
+        self.shapes_hw = np.asarray(shapes_hw, dtype=np.int64).reshape(-1, 2)
+        nbytes = self.shapes_hw.prod(1) * 3
+        end = np.cumsum(nbytes)
+        fits = end <= budget_bytes
+        self.offsets = np.where(fits, end - nbytes, -1)
+        self.nbytes = int(end[fits][-1]) if fits.any() else 0
+        # UntypedStorage._new_shared (what torch's default collate uses) maps fresh shared memory without
+        # touching it; tensor.share_memory_() would copy, filling the whole budget at once.
+        self._data = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(max(self.nbytes, 1)))
+        self._meta = torch.zeros((len(self.shapes_hw), 3), dtype=torch.int64).share_memory_()  # state, h0, w0
+        # A spawn-context lock can be handed to fork, spawn and forkserver workers alike.
+        self._lock = multiprocessing.get_context("spawn").Lock()
+        self._views()
+
+    def _views(self) -> None:
+        self._buf, self._meta_np = self._data.numpy(), self._meta.numpy()
+        self._seen = np.zeros(len(self.shapes_hw), dtype=bool)  # per process: slots known to be published
+
+    def __getstate__(self) -> dict:
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_buf", "_meta_np", "_seen")}
+        if multiprocessing.context.get_spawning_popen() is None:
+            # A plain pickle or deepcopy (not a worker start) copies the tensors, so the copy gets its own lock.
+            state["_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self._lock is None:
+            self._lock = multiprocessing.get_context("spawn").Lock()
+        self._views()
+
+    def __len__(self) -> int:
+        """Number of images cached so far (in any process)."""
+        return int((self._meta_np[:, 0] == self._READY).sum())
+
+    def get(self, i: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]] | None:
+        """``load_image``'s result for image i as a read-only view, or None when it is not cached."""
+        o = self.offsets[i]
+        if o < 0:
+            return None
+        if not self._seen[i]:
+            if not self._lock.acquire(timeout=self._LOCK_TIMEOUT_S):
+                return None
+            try:
+                state = self._meta_np[i, 0]
+            finally:
+                self._lock.release()
+            if state != self._READY:
+                return None
+            self._seen[i] = True
+        h, w = self.shapes_hw[i]
+        img = self._buf[o : o + h * w * 3].reshape(h, w, 3)
+        img.flags.writeable = False
+        return img, (int(self._meta_np[i, 1]), int(self._meta_np[i, 2])), (int(h), int(w))
+
+    def put(self, i: int, img: np.ndarray, shape_hw0: tuple[int, int]) -> None:
+        """Store image i's ``load_image`` result if it has a slot, the expected shape and nobody stored it yet."""
+        o = self.offsets[i]
+        if o < 0 or img.shape != (*self.shapes_hw[i], 3) or img.dtype != np.uint8:
+            return
+        if not self._lock.acquire(timeout=self._LOCK_TIMEOUT_S):
+            return
+        try:
+            claimed = self._meta_np[i, 0] == self._EMPTY
+            if claimed:
+                self._meta_np[i, 0] = self._BUSY
+        finally:
+            self._lock.release()
+        if not claimed:
+            return
+        self._buf[o : o + img.size] = img.reshape(-1)
+        if not self._lock.acquire(timeout=self._LOCK_TIMEOUT_S):
+            return  # the slot stays claimed and unused
+        try:
+            self._meta_np[i, 1:] = shape_hw0
+            self._meta_np[i, 0] = self._READY
+        finally:
+            self._lock.release()
+
+
+def resized_shapes(shapes_wh: np.ndarray, img_size: int) -> np.ndarray:
+    """(n, 2) ``(h, w)`` that ``load_image`` gives images of original sizes ``shapes_wh`` (n, 2) ``(w, h)``."""
+    wh = np.asarray(shapes_wh, dtype=np.int64).reshape(-1, 2)
+    r = img_size / np.maximum(wh.max(1, keepdims=True), 1)
+    return (wh[:, ::-1] * r).astype(np.int64)  # float64 products truncated, as load_image's int(w0 * r)
+
+
 def rect_batch_shapes(
     shapes_wh: np.ndarray, batch_size: int, img_size: int, pad: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -373,12 +489,21 @@ class LoadImagesAndLabels(Dataset):
         rect: sort by aspect ratio and letterbox each batch to its own shape (``batch_shapes``).
         image_weights: stored; when True ``__getitem__(i)`` loads image ``indices[i]`` (the trainer sets
             ``indices`` from class-frequency weights, as the reference did).
-        cache_images: decode and resize every image once and keep them in RAM (the size is printed first).
+        cache_images: decode and resize every image once, now, and keep them in RAM (the size is printed first).
+        ram_cache_mb: without ``cache_images``, keep up to this many MiB of decoded, resized images in shared
+            memory as they are first loaded (``SharedImageCache``: one copy shared by the main process and all
+            DataLoader workers, kept across epochs), so each is decoded once per run instead of ~4 times per epoch
+            (mosaic). Capped at half the free space of ``/dev/shm``; 0 disables it. Items are identical either way.
+        threads: threads that build the items of one batch (``__getitems__``) in the main process, i.e. with
+            ``num_workers=0`` (workers build their items one by one: they already use the cores). Default: the
+            CPUs this process may run on, at most 4; 1 builds items one by one. Decoding and OpenCV release the GIL.
         single_cls: every class becomes 0.
         nc: number of classes; labels with a class outside ``[0, nc)`` are errors.
         pad: extra strides around rect batch shapes (0.5 for testing, 0 for training).
         seed: augmentation seed: item i in epoch e draws from ``np.random.default_rng([seed, e, i])``, so the
             data are a pure function of (seed, epoch, index) whatever the worker count (see ``set_epoch``).
+            The epoch (and ``indices``) live in shared memory, so ``set_epoch`` in the main process reaches
+            DataLoader workers that already run (``persistent_workers=True``).
         verbose: print the scan summary line.
 
     Items are ``(img, labels, path, shapes)``: img (3, h, w) uint8 RGB tensor, labels (n, 6) float32
@@ -401,11 +526,19 @@ class LoadImagesAndLabels(Dataset):
         pad: float = 0.0,
         seed: int = 0,
         verbose: bool = True,
+        ram_cache_mb: float = 1024,
+        threads: int | None = None,
     ) -> None:
         if int(img_size) <= 0 or int(batch_size) <= 0:
             raise ValueError(f"img_size={img_size} and batch_size={batch_size} must be positive integers")
         if int(seed) < 0:
             raise ValueError(f"seed={seed} must be >= 0")
+        if not ram_cache_mb >= 0:
+            raise ValueError(f"ram_cache_mb={ram_cache_mb} must be >= 0 (0 disables the cache)")
+        if threads is not None and int(threads) < 1:
+            raise ValueError(f"threads={threads} must be >= 1 (or None for the available CPUs)")
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self.threads = min(4, cpus) if threads is None else int(threads)
         self.hyp = dict(DEFAULT_HYP if hyp is None else hyp)
         missing_keys = [k for k in AUGMENT_KEYS if k not in self.hyp]
         if augment and missing_keys:
@@ -416,7 +549,7 @@ class LoadImagesAndLabels(Dataset):
         self.mosaic = augment and not rect
         self.image_weights = image_weights
         self.seed = int(seed)
-        self.epoch = 0
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()  # shared: see set_epoch
 
         self.img_files = list_image_files(path)
         self.label_files = img2label_paths(self.img_files)
@@ -427,7 +560,7 @@ class LoadImagesAndLabels(Dataset):
         self.shapes = shapes
         self.orientation = orientation
         self.n = len(self.img_files)
-        self.indices = np.arange(self.n)
+        self._indices = torch.arange(self.n, dtype=torch.int64).share_memory_()
 
         self.batch = np.arange(self.n) // batch_size
         self.batch_shapes = None
@@ -440,8 +573,11 @@ class LoadImagesAndLabels(Dataset):
             self.batch, self.batch_shapes = rect_batch_shapes(self.shapes, batch_size, self.img_size, pad)
 
         self.imgs: list | None = None
+        self.ram_cache: SharedImageCache | None = None
         if cache_images:
             self._cache_images(verbose)
+        elif ram_cache_mb > 0:
+            self._make_ram_cache(ram_cache_mb)
 
     def _scan(self, nc: int | None, verbose: bool) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, dict]:
         labels_dir = Path(self.label_files[0]).parent
@@ -476,6 +612,18 @@ class LoadImagesAndLabels(Dataset):
         with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
             self.imgs = list(pool.map(self._read, range(self.n)))
 
+    def _make_ram_cache(self, ram_cache_mb: float) -> None:
+        budget = int(ram_cache_mb * 2**20)
+        if os.path.isdir("/dev/shm"):  # shared memory lives there on Linux; a full /dev/shm kills with SIGBUS
+            budget = min(budget, shutil.disk_usage("/dev/shm").free // 2)
+        shapes_hw = resized_shapes(self.shapes, self.img_size)
+        if budget < shapes_hw[0].prod() * 3:
+            LOGGER.debug("no RAM image cache: budget %d bytes", budget)
+            return
+        self.ram_cache = SharedImageCache(shapes_hw, budget)
+        LOGGER.debug("RAM image cache: %d of %d images, %.1f MiB", (self.ram_cache.offsets >= 0).sum(), self.n,
+                     self.ram_cache.nbytes / 2**20)
+
     def _read(self, index: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
         w0, h0 = self.shapes[index]
         return load_image(
@@ -483,11 +631,42 @@ class LoadImagesAndLabels(Dataset):
         )
 
     def _load(self, index: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
-        return self.imgs[index] if self.imgs is not None else self._read(index)
+        """``load_image``'s result for image ``index``, from ``imgs`` or the RAM cache when there. Read-only."""
+        if self.imgs is not None:
+            return self.imgs[index]
+        cache = self.ram_cache
+        hit = None if cache is None else cache.get(index)
+        if hit is not None:
+            return hit
+        out = self._read(index)
+        if cache is not None:
+            cache.put(index, out[0], out[1])
+        return out
+
+    @property
+    def epoch(self) -> int:
+        """The epoch whose augmentation draws items use (see ``set_epoch``)."""
+        return int(self._epoch[0])
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation draws of ``epoch`` (call every epoch, before iterating)."""
-        self.epoch = int(epoch)
+        """Select the augmentation draws of ``epoch`` (call every epoch, before iterating).
+
+        The value is in shared memory: DataLoader workers see it, persistent ones included, as long as it is set
+        before the epoch's iterator is created (or, with persistent workers, before iterating it).
+        """
+        self._epoch.fill_(int(epoch))
+
+    @property
+    def indices(self) -> np.ndarray:
+        """(n,) image index of each item (``image_weights``); shared with workers like the epoch."""
+        return self._indices.numpy()
+
+    @indices.setter
+    def indices(self, value: Sequence[int] | np.ndarray) -> None:
+        value = np.asarray(value, dtype=np.int64)
+        if value.shape != (self.n,) or (self.n and not (value.min() >= 0 and value.max() < self.n)):
+            raise ValueError(f"indices must be {self.n} image indices in [0, {self.n}), got shape {value.shape}")
+        self._indices.copy_(torch.from_numpy(value))
 
     def batch_indices(self) -> list[list[int]]:
         """Item indices grouped by ``batch`` (the rectangular batches, in order, when ``rect``)."""
@@ -498,22 +677,19 @@ class LoadImagesAndLabels(Dataset):
         return self.n
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, str, tuple | None]:
-        index = int(self.indices[i]) if self.image_weights else i
+        index = int(self._indices[i]) if self.image_weights else i
         hyp = self.hyp
         rng = np.random.default_rng([self.seed, self.epoch, i]) if self.augment else None
         if self.mosaic:
             picks = [index, *rng.integers(0, self.n, 3).tolist()]
-            img4, labels4 = mosaic(
-                [self._load(k)[0] for k in picks], [self.labels[k] for k in picks], self.img_size, rng
-            )
-            img, labels = random_affine(
-                img4,
-                labels4,
+            img, labels = mosaic_affine(
+                [self._load(k)[0] for k in picks],
+                [self.labels[k] for k in picks],
+                self.img_size,
                 degrees=hyp["degrees"],
                 translate=hyp["translate"],
                 scale=hyp["scale"],
                 shear=hyp["shear"],
-                border=-self.img_size // 2,
                 rng=rng,
             )
             shapes = None
@@ -543,23 +719,59 @@ class LoadImagesAndLabels(Dataset):
             img = augment_hsv(img, hyp["hsv_h"], hyp["hsv_s"], hyp["hsv_v"], rng)
 
         height, width = img.shape[:2]
-        labels[:, 1:5] = xyxy2xywh(labels[:, 1:5]) / np.array([width, height, width, height], dtype=np.float32)
-        if self.augment and rng.random() < 0.5:
-            img, labels = fliplr(img, labels)
+        labels_out = np.zeros((len(labels), 6), dtype=np.float32)
+        labels_out[:, 1:] = labels
+        labels_out[:, 2:] = xyxy2xywh(labels[:, 1:5]) / np.array([width, height, width, height], dtype=np.float32)
+        flip = self.augment and rng.random() < 0.5
+        if flip:  # left-right flip (utils.augmentations.fliplr), done on the pixels while converting below
+            labels_out[:, 2] = 1 - labels_out[:, 2]
+        return torch.from_numpy(bgr_to_chw_rgb(img, flip)), torch.from_numpy(labels_out), self.img_files[index], shapes
 
-        labels_out = torch.zeros((len(labels), 6))
-        labels_out[:, 1:] = torch.from_numpy(labels)
-        img = np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1))  # BGR HWC -> RGB CHW, the one copy
-        return torch.from_numpy(img), labels_out, self.img_files[index], shapes
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor, str, tuple | None]]:
+        """The items ``[self[i] for i in indices]`` (a DataLoader fetches a batch through this), built by
+        ``threads`` threads when not inside a DataLoader worker. The threads live for one call, so none is left
+        running when a DataLoader later forks its workers."""
+        n_threads = min(self.threads, len(indices))
+        if n_threads < 2 or torch.utils.data.get_worker_info() is not None:
+            return [self[i] for i in indices]
+        with ThreadPoolExecutor(n_threads) as pool:
+            return list(pool.map(self.__getitem__, indices))
 
     @staticmethod
     def collate_fn(batch: list) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...], tuple]:
         """Stack items into ``(imgs (bs, 3, h, w) uint8, targets (n, 6) [image index, class, x, y, w, h], paths,
-        shapes)``."""
+        shapes)``.
+
+        In a DataLoader worker the images are stacked straight into shared memory (as torch's default collate
+        does), saving the copy the worker would otherwise make to send the batch. The copy is numpy's, single
+        threaded: ``torch.stack`` runs on torch's intra-op threads, and when those compete with other processes
+        for the cores (workers, a busy machine) a 16-image stack was measured 60x slower (3 ms -> 170 ms).
+        """
         imgs, labels, paths, shapes = zip(*batch)
         for i, lab in enumerate(labels):
             lab[:, 0] = i
-        return torch.stack(imgs, 0), torch.cat(labels, 0), paths, shapes
+        shape, nbytes = (len(imgs), *imgs[0].shape), sum(x.nbytes for x in imgs)
+        if torch.utils.data.get_worker_info() is not None:
+            out = imgs[0].new_empty(0).set_(torch.UntypedStorage._new_shared(nbytes)).view(shape)
+        else:  # numpy backs big arrays with huge pages: ~200 fewer page faults per batch than torch.empty
+            out = torch.from_numpy(np.empty(shape, dtype=np.uint8))
+        np.stack([x.numpy() for x in imgs], out=out.numpy())
+        return out, torch.cat(labels, 0), paths, shapes
+
+
+def bgr_to_chw_rgb(img: np.ndarray, flip: bool = False) -> np.ndarray:
+    """(h, w, 3) BGR uint8 -> new contiguous (3, h, w) RGB array, mirrored left-right when ``flip``.
+
+    ``cv2.split`` into the reversed planes of the output is ~4x faster than copying a transposed numpy view.
+    """
+    if flip:
+        img = cv2.flip(img, 1)
+    h, w = img.shape[:2]
+    out = np.empty((3, h, w), dtype=np.uint8)
+    planes = cv2.split(img, [out[2], out[1], out[0]])
+    if not np.shares_memory(planes[0], out):  # OpenCV allocated new planes after all
+        out = np.stack(planes[::-1])
+    return out
 
 
 def worker_init(worker_id: int) -> None:

@@ -484,7 +484,7 @@ def train(
                                  batches=dataset.batch_indices() if opt.rect else None)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=opt.num_workers,
                                          collate_fn=LoadImagesAndLabels.collate_fn, pin_memory=device.type == "cuda",
-                                         worker_init_fn=_worker_init)
+                                         worker_init_fn=_worker_init, persistent_workers=opt.num_workers > 0)
     nb = len(sampler)
     testloader = None
     if main_rank:
@@ -492,11 +492,13 @@ def train(
                                       cache_images=opt.cache_images, single_cls=opt.single_cls, nc=data_nc, pad=0.5)
         testloader = torch.utils.data.DataLoader(testset, batch_size=opt.batch_size, num_workers=opt.num_workers,
                                                  collate_fn=LoadImagesAndLabels.collate_fn,
-                                                 pin_memory=device.type == "cuda", worker_init_fn=_worker_init)
+                                                 pin_memory=device.type == "cuda", worker_init_fn=_worker_init,
+                                                 persistent_workers=opt.num_workers > 0)
 
     # Model, initial weights, optimizer, EMA, AMP.
     # channels-last: the convolution kernels are faster in NHWC on CPU (oneDNN) and on CUDA tensor cores
-    model = Darknet(opt.cfg, img_size=(train_size, train_size), nc=nc).to(device, memory_format=CHANNELS_LAST)
+    model = Darknet(opt.cfg, img_size=(train_size, train_size), nc=nc, warn_unused=main_rank)
+    model = model.to(device, memory_format=CHANNELS_LAST)
     cfg_text = Path(opt.cfg).read_text()
     if ckpt is None:  # every rank loads (freezing must happen everywhere); DDP then broadcasts rank 0's weights
         load_initial_weights(model, opt, weights_dir, verbose=main_rank)

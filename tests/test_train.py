@@ -340,3 +340,17 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_persistent_workers_give_the_same_weights_as_no_workers(tiny_data, tmp_path):
+    """Workers are persistent (they keep the image cache): every epoch's augmentation must still follow
+    set_epoch, so two workers and none train to identical weights."""
+    common = ("--epochs", "2", "--notest", "--nosave", "--deterministic")
+    assert train.main(tiny_args(tiny_data, tmp_path, "w0", *common)) == 0
+    args = tiny_args(tiny_data, tmp_path, "w2", *common)
+    args[args.index("--num-workers") + 1] = "2"
+    assert train.main(args) == 0
+    a = load_checkpoint(tmp_path / "w0" / "weights" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "w2" / "weights" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

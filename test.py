@@ -49,8 +49,8 @@ COCO80_TO_91 = (
     64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90,
 )  # fmt: skip
 
-HEADER = ("%20s" + "%12s" * 7) % ("Class", "Images", "Targets", "P", "R", "mAP@0.5", "mAP@0.5:0.95", "F1")
-ROW = "%20s" + "%12i" * 2 + "%12.3g" * 5
+HEADER = ("%20s" + "%14s" * 7) % ("Class", "Images", "Targets", "P", "R", "mAP@0.5", "mAP@0.5:0.95", "F1")
+ROW = "%20s" + "%14i" * 2 + "%14.3g" * 5
 
 
 def iou_thresholds(device: torch.device | str = "cpu") -> torch.Tensor:

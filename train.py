@@ -85,7 +85,7 @@ from utils.schedule import (
     scheduler_state,
 )
 from utils.shapes import ensure_builtin_dataset
-from utils.torch_utils import ModelEMA, de_parallel, init_seeds, model_info
+from utils.torch_utils import ModelEMA, build_optimizer, de_parallel, init_seeds, model_info
 
 LOGGER = logging.getLogger("train")
 REPO = Path(__file__).resolve().parent
@@ -341,31 +341,6 @@ def load_initial_weights(model: nn.Module, opt: argparse.Namespace, weights_dir:
         raise FileNotFoundError(f"--weights {path} not found; put the file there (see weights/README.md)")
     report = load_weights(model, path)
     say(f"Loaded weights from {path}: {report}")
-
-
-def build_optimizer(model: nn.Module, hyp: dict[str, float], adam: bool) -> torch.optim.Optimizer:
-    """SGD (Nesterov) or Adam over three parameter groups, as the reference: BatchNorm and other weights
-    without decay, convolution weights with ``weight_decay``, biases without decay. Frozen tensors are left
-    out; empty groups are dropped."""
-    no_decay, conv_weights, biases = [], [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if name.endswith(".bias"):
-            biases.append(p)
-        elif name.endswith("Conv2d.weight"):
-            conv_weights.append(p)
-        else:
-            no_decay.append(p)
-    groups = [
-        {"params": no_decay, "weight_decay": 0.0},
-        {"params": conv_weights, "weight_decay": hyp["weight_decay"]},
-        {"params": biases, "weight_decay": 0.0},
-    ]
-    groups = [g for g in groups if g["params"]]
-    if adam:
-        return torch.optim.Adam(groups, lr=hyp["lr0"], betas=(hyp["momentum"], 0.999))
-    return torch.optim.SGD(groups, lr=hyp["lr0"], momentum=hyp["momentum"], nesterov=True)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

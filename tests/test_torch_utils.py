@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,3 +116,23 @@ def test_model_info_counts_and_flops(capsys):
 def test_time_synchronized():
     t0 = time_synchronized()
     assert time_synchronized() >= t0
+
+
+def test_build_optimizer_groups_follow_the_reference():
+    """Three groups: BN and other weights without decay, conv weights with decay, biases without; frozen
+    tensors left out."""
+    from models import Darknet
+    from utils.hyp import DEFAULT_HYP
+    from utils.torch_utils import build_optimizer
+
+    model = Darknet(Path(__file__).resolve().parents[1] / "cfg" / "yolov3-tiny.cfg", nc=3)
+    model.module_list[0].Conv2d.weight.requires_grad_(False)
+    opt = build_optimizer(model, DEFAULT_HYP)
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = [[names[id(p)] for p in g["params"]] for g in opt.param_groups]
+    assert all("BatchNorm2d" in n for n in groups[0])
+    assert all(n.endswith("Conv2d.weight") for n in groups[1]) and "module_list.0.Conv2d.weight" not in groups[1]
+    assert all(n.endswith(".bias") for n in groups[2]) and "module_list.15.Conv2d.bias" in groups[2]
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.0, DEFAULT_HYP["weight_decay"], 0.0]
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["nesterov"]
+    assert isinstance(build_optimizer(model, DEFAULT_HYP, adam=True), torch.optim.Adam)

@@ -192,3 +192,28 @@ def time_synchronized() -> float:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()
     return time.perf_counter()
+
+
+def build_optimizer(model: nn.Module, hyp: dict[str, float], adam: bool = False) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or Adam over three parameter groups, as the reference: BatchNorm and other weights
+    without decay, convolution weights with ``weight_decay``, biases without decay. Frozen tensors are left
+    out; empty groups are dropped."""
+    no_decay, conv_weights, biases = [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.endswith(".bias"):
+            biases.append(p)
+        elif name.endswith("Conv2d.weight"):
+            conv_weights.append(p)
+        else:
+            no_decay.append(p)
+    groups = [
+        {"params": no_decay, "weight_decay": 0.0},
+        {"params": conv_weights, "weight_decay": hyp["weight_decay"]},
+        {"params": biases, "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    if adam:
+        return torch.optim.Adam(groups, lr=hyp["lr0"], betas=(hyp["momentum"], 0.999))
+    return torch.optim.SGD(groups, lr=hyp["lr0"], momentum=hyp["momentum"], nesterov=True)

@@ -1,0 +1,399 @@
+"""Benchmark the trainer on this machine and compare with the reference trainer's figures.
+
+    python bench/run.py [--device cpu|0] [--quick] [--only train,loader,infer,nms,epoch,ceiling]
+                        [--data DIR|FILE.data] [--json OUT.json] [--reps N] [--threads N]
+                        [--channels-last/--no-channels-last] [--bf16] [--weights W] [--train-py]
+
+Prints the machine, then one table per section as it finishes, then the comparison with
+../shared/reference/baseline-cpu.md, and writes everything to a JSON file (bench/README.md documents the
+layout and how each figure is measured). Exit status 1 if a section failed (its error is in the JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (python bench/run.py): make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from bench.ceilings import measure_ceilings  # noqa: E402
+from bench.reference import compare  # noqa: E402
+from bench.synthetic import write_random_dataset  # noqa: E402
+from bench.timing import CpuMeter, load_average, machine_info, usable_cores  # noqa: E402
+
+LOGGER = logging.getLogger("bench")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "datasets" / "coco128"
+SECTIONS = ("ceiling", "nms", "loader", "infer", "train", "epoch")
+IMAGE_SUFFIXES = {".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".dng", ".webp"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="'cpu' or a CUDA index such as '0' (default cpu)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes, 1 repetition, 8 images: checks that everything runs (seconds)")
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"comma-separated sections to run, from {','.join(SECTIONS)} (default all)")
+    parser.add_argument("--data", default=None,
+                        help="image set: a coco128-style folder (images/train2017 inside), a folder of images, "
+                             f"or a .data file (its train set); default {DEFAULT_DATA}, else a generated "
+                             "random set (loader/epoch figures then not comparable)")
+    parser.add_argument("--json", default=None,
+                        help="output file (default bench/results-<host>-<date>.json)")
+    parser.add_argument("--reps", type=int, default=5,
+                        help="timed repetitions per figure after the warm-up (default 5; expensive figures "
+                             "stop early after --budget seconds, with at least 2)")
+    parser.add_argument("--budget", type=float, default=20.0,
+                        help="seconds of timed repetitions allowed per figure (default 20)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads (default: the cores this process may use)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                        help="channels-last models and inputs for training and inference (default on)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also measure bfloat16 autocast (train, inference, ceilings) on CPU")
+    parser.add_argument("--weights", default=None,
+                        help="trained weights for the NMS figures (outputs on real images instead of the "
+                             "synthetic generator)")
+    parser.add_argument("--nms-cfg", default="cfg/yolov3-tiny.cfg", help="cfg of --weights (default tiny)")
+    parser.add_argument("--nms-img-size", type=int, default=320, help="image size for --weights (default 320)")
+    parser.add_argument("--train-py", action="store_true",
+                        help="epoch section also times `python train.py --epochs 1 --notest` (tiny@320)")
+    parser.add_argument("--epoch-workers", type=int, default=2, help="DataLoader workers of the epoch (default 2)")
+    args = parser.parse_args(argv)
+    args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(args.sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"--only: unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    if args.reps < 1:
+        parser.error(f"--reps must be >= 1, got {args.reps}")
+    if args.threads < 0:
+        parser.error(f"--threads must be >= 0, got {args.threads}")
+    if args.weights and not Path(args.weights).is_file():
+        parser.error(f"--weights {args.weights}: file not found")
+    return args
+
+
+def select_device(arg: str) -> torch.device:
+    """'cpu' or a CUDA index ('0'); a CUDA index without CUDA is an error naming the fix."""
+    if arg == "cpu":
+        return torch.device("cpu")
+    if not arg.isdigit():
+        raise ValueError(f"--device {arg!r}: expected 'cpu' or a CUDA index such as '0'")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {arg}: CUDA is not available on this machine; use --device cpu")
+    return torch.device(f"cuda:{arg}")
+
+
+def resolve_images(data: str | None, quick: bool, scratch: Path) -> tuple[str | list[str], dict[str, object]]:
+    """The image set every section uses (a folder path, or a list of 8 image paths with --quick) and a
+    description of where it came from."""
+    if data is None:
+        root = DEFAULT_DATA if DEFAULT_DATA.is_dir() else None
+        if root is None:
+            LOGGER.warning("%s not found: generating a random image set; loader and epoch figures are then not "
+                           "comparable with the reference", DEFAULT_DATA)
+            folder = write_random_dataset(scratch / "random-set", n=8 if quick else 128)
+            return _limit(folder, quick), {"source": "random", "path": str(folder)}
+    else:
+        root = Path(data)
+    if root.suffix == ".data":
+        from utils.datasets import resolve_data_cfg
+
+        train = resolve_data_cfg(root)["train"]
+        if quick:
+            train = train[0] if isinstance(train, list) else train
+            return _limit(Path(train), quick), {"source": str(root), "path": train}
+        return train, {"source": str(root), "path": train}
+    if not root.exists():
+        raise FileNotFoundError(f"--data {root}: not found; give a coco128-style folder or a .data file")
+    folder = root / "images" / "train2017" if (root / "images" / "train2017").is_dir() else root
+    return _limit(folder, quick), {"source": "folder", "path": str(folder)}
+
+
+def _limit(folder: Path, quick: bool) -> str | list[str]:
+    """The folder itself, or with --quick its first 8 images."""
+    if not quick or folder.is_file():
+        return str(folder)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return [str(p) for p in files[:8]]
+
+
+def plan(args: argparse.Namespace, device: torch.device) -> dict[str, object]:
+    """Models, sizes, batches and precisions of each section for this device and mode."""
+    cfg = REPO_ROOT / "cfg"
+    tiny, spp = cfg / "yolov3-tiny.cfg", cfg / "yolov3-spp.cfg"
+    if args.quick:
+        return {
+            "train": [(tiny, 64, 2)], "train_precisions": ["fp32"] + (["bf16"] if args.bf16 else []),
+            "infer": [(tiny, 64)], "infer_batches": [1, 2], "loader_sizes": [64], "loader_workers": [0],
+            "loader_batch": 4, "epoch": (tiny, 64, 4, 0), "nms_images": 2,
+        }
+    gpu = device.type == "cuda"
+    return {
+        "train": [(tiny, 320, 32 if gpu else 16), (spp, 416, 32 if gpu else 4)],
+        "train_precisions": ["amp"] if gpu else ["fp32"] + (["bf16"] if args.bf16 else []),
+        "infer": [(tiny, 320), (tiny, 416), (spp, 416)],
+        "infer_batches": [1, 16],
+        "loader_sizes": [320, 416],
+        "loader_workers": [0, 2],
+        "loader_batch": 16,
+        "epoch": (tiny, 320, 16, args.epoch_workers),
+        "nms_images": 16,
+    }
+
+
+def default_hyp() -> dict[str, float]:
+    from utils.hyp import DEFAULT_HYP
+
+    return dict(DEFAULT_HYP)
+
+
+def run_sections(args: argparse.Namespace, device: torch.device, results: dict[str, object], scratch: Path) -> None:
+    """Run every asked-for section, storing its rows, timing and load in `results` and printing its table.
+
+    A failing section is logged with its traceback and recorded under results['errors']; the others still
+    run (one missing module should not cost a 15-minute run).
+    """
+    p = plan(args, device)
+    reps = 1 if args.quick else args.reps
+    budget = 1.0 if args.quick else args.budget
+    images: str | list[str] | None = None
+    if {"loader", "train", "epoch"} & set(args.sections) or args.weights:
+        images, results["data"] = resolve_images(args.data, args.quick, scratch)
+
+    def section_ceiling() -> object:
+        return measure_ceilings(device, reps=max(reps, 5) if not args.quick else 1, quick=args.quick, bf16=args.bf16)
+
+    def section_nms() -> object:
+        from bench.inference import bench_nms, model_predictions, synthetic_nms
+
+        if args.weights:
+            pred, nc = model_predictions(REPO_ROOT / args.nms_cfg, Path(args.weights), images, args.nms_img_size,
+                                         p["nms_images"], device)
+            layout = f"{Path(args.nms_cfg).stem}@{args.nms_img_size}/nc{nc}"
+            return bench_nms(pred, "weights", layout, [0.001, 0.1], max(reps, 3))
+        return synthetic_nms(args.quick, p["nms_images"], max(reps, 3) if not args.quick else 1, device)
+
+    def section_loader() -> object:
+        from bench.loading import CACHE_MODES, bench_loader
+
+        rows = []
+        for size in p["loader_sizes"]:
+            for mode in CACHE_MODES:
+                rows += bench_loader(images, size, p["loader_workers"], mode, default_hyp(), p["loader_batch"],
+                                     max(1, min(reps, 3)))
+        return rows
+
+    def section_infer() -> object:
+        from bench.inference import bench_inference
+
+        precisions = ["fp32"] + (["bf16"] if args.bf16 and device.type == "cpu" else [])
+        precisions += ["amp"] if device.type == "cuda" else []
+        rows = []
+        for cfg, size in p["infer"]:
+            rows += bench_inference(cfg, size, p["infer_batches"], device, args.channels_last, precisions, reps,
+                                    budget)
+        return rows
+
+    def section_train() -> object:
+        from bench.training import bench_train_step
+
+        rows = []
+        for cfg, size, batch in p["train"]:
+            for precision in p["train_precisions"]:
+                rows.append(bench_train_step(cfg, size, batch, precision, device, args.channels_last, default_hyp(),
+                                             images, reps, budget * 2))
+        return rows
+
+    def section_epoch() -> object:
+        from bench.training import bench_epoch
+
+        cfg, size, batch, workers = p["epoch"]
+        precision = "amp" if device.type == "cuda" else "fp32"
+        out = bench_epoch(cfg, size, batch, workers, device, args.channels_last, precision, default_hyp(), images,
+                          reps=1 if args.quick else min(reps, 3))
+        if args.train_py and not args.quick:
+            out.update(time_train_py(scratch, device))
+        return out
+
+    sections = {
+        "ceiling": ("ceilings", section_ceiling),
+        "nms": ("nms", section_nms),
+        "loader": ("loader", section_loader),
+        "infer": ("infer", section_infer),
+        "train": ("train", section_train),
+        "epoch": ("epoch", section_epoch),
+    }
+    for name in SECTIONS:
+        if name not in args.sections:
+            continue
+        key, fn = sections[name]
+        load_before = load_average()
+        meter = CpuMeter()
+        print(f"\n== {name} (load average {load_before}) ==", flush=True)
+        try:
+            results[key] = fn()
+        # A benchmark harness: any failure of one workload is recorded and the run goes on to the next.
+        except Exception as e:  # noqa: BLE001
+            LOGGER.error("section %s failed: %s", name, e)
+            results["errors"][name] = "".join(traceback.format_exception(e))
+            print(results["errors"][name], file=sys.stderr)
+            continue
+        results["sections"][name] = {"load_before": load_before, "load_after": load_average(), **meter.read()}
+        print(format_section(key, results[key]), flush=True)
+
+
+def time_train_py(scratch: Path, device: torch.device) -> dict[str, object]:
+    """Wall time of `python train.py --epochs 1 --notest` for yolov3-tiny@320 on coco128 (a whole process:
+    start-up, dataset scan, one epoch, the final-epoch test the reference also runs, saving)."""
+    data = scratch / "coco128-bench.data"
+    data.write_text(f"classes=80\ntrain={DEFAULT_DATA / 'images' / 'train2017'}\n"
+                    f"valid={DEFAULT_DATA / 'images' / 'train2017'}\nnames={DEFAULT_DATA / 'coco128.names'}\n")
+    cmd = [sys.executable, "train.py", "--cfg", "cfg/yolov3-tiny.cfg", "--data", str(data), "--img-size", "320",
+           "--batch-size", "16", "--epochs", "1", "--notest", "--nosave", "--weights", "", "--project",
+           str(scratch / "runs"), "--name", "bench", "--device", "cpu" if device.type == "cpu" else str(device.index)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return {"train_py_process_s": wall, "train_py_cmd": cmd}
+
+
+def _fmt(x: object, digits: int = 3) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, float):
+        if not math.isfinite(x):
+            return "nan"
+        return f"{x:.{digits}g}" if abs(x) < 1000 else f"{x:.0f}"
+    return str(x)
+
+
+def _spread(d: dict[str, float]) -> str:
+    """'median (min-max)' of a {median, min, max} dict."""
+    return f"{_fmt(d['median'])} ({_fmt(d['min'])}-{_fmt(d['max'])})"
+
+
+def table(headers: list[str], rows: list[list[object]]) -> str:
+    cells = [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def format_section(key: str, data: object) -> str:
+    """The printed table of one section's results."""
+    if key == "ceilings":
+        rows = [[k, _spread(v)] for k, v in data.items() if isinstance(v, dict) and "median" in v]
+        return table(["kernel", "GFLOP/s median (min-max)"], rows)
+    if key == "train":
+        rows = [[r["model"], r["img_size"], r["batch_size"], r["precision"], _spread(r["img_s"]),
+                 r["train_gflop_per_img"], r["achieved_gflops"],
+                 " ".join(f"{k[:3]} {v:.0%}" for k, v in r["phase_share"].items()), r["ema_update_ms"]]
+                for r in data]
+        return table(["model", "size", "batch", "prec", "img/s median (min-max)", "GFLOP/img", "GFLOP/s",
+                      "phases", "ema ms"], rows)
+    if key == "epoch":
+        rows = [[data["model"], data["img_size"], data["batch_size"], data["workers"], data["images"],
+                 " ".join(_fmt(x) for x in data["seconds_each"]), data["img_s"],
+                 " ".join(f"{x:.1%}" for x in data["data_wait_share_each"]), data.get("train_py_process_s")]]
+        return table(["model", "size", "batch", "workers", "images", "s per epoch (0, 1, ..)", "img/s (median)",
+                      "data wait", "train.py s"], rows)
+    if key == "loader":
+        rows = [[r["img_size"], r["workers"], r["cache"], r["images_per_rep"], r["first_pass_img_s"],
+                 _spread(r["img_s"]), r["dataset_build_s"]] for r in data]
+        return table(["size", "workers", "cache", "images", "1st pass img/s", "img/s median (min-max)", "build s"],
+                     rows)
+    if key == "infer":
+        rows = [[r["model"], r["img_size"], r["batch_size"], r["fused"], r["precision"], _spread(r["ms_per_img"])]
+                for r in data]
+        return table(["model", "size", "batch", "fused", "prec", "ms/img median (min-max)"], rows)
+    if key == "nms":
+        rows = [[r["source"], r["layout"], r["conf_thres"], r["batch_size"], r["rows_above_conf"],
+                 r["pairs_above_conf"], r["kept_per_img"], _spread(r["ms_per_img"])] for r in data]
+        return table(["source", "layout", "conf", "batch", "rows>conf", "pairs>conf", "kept", "ms/img (min-max)"],
+                     rows)
+    return json.dumps(data, indent=1, default=str)
+
+
+def format_comparison(rows: list[dict[str, object]]) -> str:
+    body = [[r["what"], r["ours"], r["reference"], r["unit"],
+             None if r["speedup"] is None else f"{r['speedup']:.2f}x",
+             None if r["speedup_hw_adjusted"] is None else f"{r['speedup_hw_adjusted']:.2f}x",
+             None if r["target"] is None else f">={r['target']}x", r["meets_target"]] for r in rows]
+    return table(["figure", "ours", "reference", "unit", "speedup", "hw-adjusted", "target", "met"], body)
+
+
+def default_json_path() -> Path:
+    host = os.uname().nodename.split(".")[0] or "host"
+    return REPO_ROOT / "bench" / f"results-{host}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Every model build would repeat the cfg's "[net] keys read but not used" warning.
+    logging.getLogger("utils.parse_config").setLevel(logging.ERROR)
+    try:
+        device = select_device(args.device)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads or usable_cores())
+    results: dict[str, object] = {
+        "schema": 1,
+        "argv": sys.argv[1:] if argv is None else list(argv),
+        "options": {k: v for k, v in vars(args).items() if k != "sections"} | {"sections": args.sections},
+        "machine": machine_info(device),
+        "load": {"start": load_average()},
+        "sections": {},
+        "errors": {},
+    }
+    m = results["machine"]
+    print(f"machine: {m['cpu']}, {m['usable_cores']} usable cores (cpu_count {m['cpu_count']}), torch "
+          f"{m['torch']} threads {m['torch_threads']}, numpy {m['numpy']}, cv2 {m['cv2']} threads "
+          f"{m['cv2_threads']}, {m['cpu_capability']}, gpu {m['gpu']}; load average {results['load']['start']}")
+    busy = results["load"]["start"][0] if results["load"]["start"] else 0.0
+    if busy > 0.5 and torch.get_num_threads() > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        print(f"note: load average {busy} with {torch.get_num_threads()} torch threads: other processes compete for "
+              "the cores and spinning OpenMP threads then slow small kernels by up to 10x; figures will be low and "
+              "noisy. On a shared machine run OMP_WAIT_POLICY=PASSIVE python bench/run.py (recorded in the JSON).")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
+        run_sections(args, device, results, Path(scratch))
+    results["load"]["end"] = load_average()
+    results["wall_s"] = round(time.perf_counter() - t0, 1)
+    results["comparison"] = compare(results)
+    if results["comparison"]:
+        print("\n== against ../shared/reference/baseline-cpu.md (speedup > 1: faster; hw-adjusted divides by "
+              "our/reference kernel ceiling) ==")
+        print(format_comparison(results["comparison"]))
+    out = Path(args.json) if args.json else default_json_path()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    print(f"\nload average at end {results['load']['end']}; {results['wall_s']} s; results written to {out}")
+    if results["errors"]:
+        print(f"FAILED sections: {', '.join(results['errors'])}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""Training-step and epoch workloads: images/s, achieved GFLOP/s and where the step's time goes.
+
+The step is what train.py does per batch (forward, compute_loss, loss * batch/64, backward, SGD step,
+zero_grad), written here again because nothing imports train.py. Project modules are imported inside the
+functions so that `--only ceiling` runs without them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.synthetic import random_batch
+from bench.timing import measure, synchronize
+
+
+def build_model(cfg: Path, img_size: int, nc: int, device: torch.device, channels_last: bool) -> nn.Module:
+    """Darknet from `cfg` with `nc` classes on `device`, channels-last when asked."""
+    from models import Darknet
+
+    model = Darknet(str(cfg), img_size=(img_size, img_size), nc=nc).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def make_optimizer(model: nn.Module, hyp: dict[str, float]) -> torch.optim.Optimizer:
+    """SGD (Nesterov) with train.py's three groups: conv weights with weight decay; BN weights and biases
+    without."""
+    decay, no_decay, biases = [], [], []
+    for name, p in model.named_parameters():
+        if name.endswith(".bias"):
+            biases.append(p)
+        elif name.endswith("Conv2d.weight"):
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    optimizer = torch.optim.SGD(no_decay, lr=hyp["lr0"], momentum=hyp["momentum"], nesterov=True)
+    optimizer.add_param_group({"params": decay, "weight_decay": hyp["weight_decay"]})
+    optimizer.add_param_group({"params": biases})
+    return optimizer
+
+
+def autocast_for(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of the autocast context for `precision` ('fp32', 'bf16' or 'amp' = CUDA float16)."""
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def loader_batch(
+    images: str | list[str], img_size: int, batch_size: int, hyp: dict[str, float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `batch_size` mosaic-augmented items of the image set (epoch 0): uint8 images
+    (batch, 3, img_size, img_size) and targets (n, 6). A mosaic batch holds what training sees (four
+    images' boxes per item), which sets build_targets' and the loss's share of the step."""
+    from utils.datasets import LoadImagesAndLabels
+
+    dataset = LoadImagesAndLabels(images, img_size=img_size, batch_size=batch_size, augment=True, hyp=hyp, seed=0,
+                                  verbose=False)
+    dataset.set_epoch(0)
+    items = [dataset[i % dataset.n] for i in range(batch_size)]
+    imgs, targets, _, _ = LoadImagesAndLabels.collate_fn(items)
+    return imgs, targets
+
+
+class TrainStep:
+    """One training step on a fixed batch, with the time of each phase of the last call."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        imgs: torch.Tensor,
+        targets: torch.Tensor,
+        loss_hyp: dict[str, float],
+        precision: str,
+        device: torch.device,
+    ) -> None:
+        from utils.loss import compute_loss
+
+        self.compute_loss = compute_loss
+        self.model = model
+        self.imgs = imgs
+        self.targets = targets
+        self.loss_hyp = loss_hyp
+        self.device = device
+        self.autocast = autocast_for(device, precision)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "amp")
+        self.optimizer = make_optimizer(model, loss_hyp)
+        self.phases: dict[str, list[float]] = {"forward": [], "loss": [], "backward": [], "optimizer": []}
+
+    def __call__(self) -> float:
+        sync = self.device
+        t0 = time.perf_counter()
+        with self.autocast():
+            pred = self.model(self.imgs)
+            synchronize(sync)
+            t1 = time.perf_counter()
+            loss, _ = self.compute_loss(pred, self.targets, self.model, hyp=self.loss_hyp, gr=1.0)
+        loss = loss * (len(self.imgs) / 64)
+        synchronize(sync)
+        t2 = time.perf_counter()
+        self.scaler.scale(loss).backward()
+        synchronize(sync)
+        t3 = time.perf_counter()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        synchronize(sync)
+        t4 = time.perf_counter()
+        for name, dt in zip(self.phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            self.phases[name].append(dt)
+        return float(loss.detach())
+
+    def reset_phases(self) -> None:
+        for v in self.phases.values():
+            v.clear()
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs (2 per multiply-add) of the matmuls and convolutions that one call of `fn` dispatches."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def bench_train_step(
+    cfg: Path,
+    img_size: int,
+    batch_size: int,
+    precision: str,
+    device: torch.device,
+    channels_last: bool,
+    hyp: dict[str, float],
+    images: str | list[str] | None,
+    reps: int,
+    budget_s: float,
+    nc: int = 80,
+) -> dict[str, object]:
+    """Images/s of the training step for one model, size, batch and precision, plus per-phase medians,
+    the step's GFLOP per image (counted), the achieved GFLOP/s and the EMA update time train.py's --ema
+    would add.
+
+    `images` None means a random batch with COCO-like targets (no image set at hand).
+    """
+    from utils.hyp import derive_loss_hyp
+
+    loss_hyp = derive_loss_hyp(hyp, nc)
+    model = build_model(cfg, img_size, nc, device, channels_last)
+    model.train()
+    model.hyp, model.gr = loss_hyp, 1.0
+    if images is None:
+        imgs, targets = random_batch(batch_size, img_size, nc)
+        source = "random"
+    else:
+        imgs_u8, targets = loader_batch(images, img_size, batch_size, hyp)
+        imgs = imgs_u8.float() / 255
+        source = "mosaic"
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    imgs = imgs.to(device).contiguous(memory_format=fmt)
+    targets = targets.to(device)
+    step = TrainStep(model, imgs, targets, loss_hyp, precision, device)
+
+    # The two counted calls are also the warm-up (the counter's overhead is not timed).
+    with torch.no_grad(), step.autocast():
+        fwd_flop = count_flops(lambda: model(imgs))
+    step_flop = count_flops(step)
+    step.reset_phases()
+    timing = measure(step, reps=reps, warmup=0, budget_s=budget_s, device=device)
+
+    phases = {name: float(np.median(v)) for name, v in step.phases.items()}
+    total = sum(phases.values())
+    gflop_img = step_flop / batch_size / 1e9
+    result: dict[str, object] = {
+        "model": cfg.stem,
+        "img_size": img_size,
+        "batch_size": batch_size,
+        "precision": precision,
+        "channels_last": channels_last,
+        "data": source,
+        "targets_per_img": round(len(targets) / batch_size, 1),
+        "img_s": timing.rate(batch_size),
+        "step_s": {"median": timing.median, "min": timing.min, "max": timing.max},
+        "phase_s": phases,
+        "phase_share": {k: v / total for k, v in phases.items()},
+        "forward_gflop_per_img": fwd_flop / batch_size / 1e9,
+        "train_gflop_per_img": gflop_img,
+        "achieved_gflops": gflop_img * batch_size / timing.median,
+    }
+    result["ema_update_ms"] = _ema_update_ms(model, device)
+    return result
+
+
+def _ema_update_ms(model: nn.Module, device: torch.device) -> float | None:
+    """Median ms of one ModelEMA.update (train.py --ema adds it to every optimizer step)."""
+    try:
+        from utils.torch_utils import ModelEMA
+    except ImportError:
+        return None
+    ema = ModelEMA(copy.deepcopy(model))
+    timing = measure(lambda: ema.update(model), reps=5, warmup=1, device=device)
+    return 1e3 * timing.median
+
+
+def bench_epoch(
+    cfg: Path,
+    img_size: int,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    channels_last: bool,
+    precision: str,
+    hyp: dict[str, float],
+    images: str | list[str],
+    reps: int,
+    nc: int = 80,
+) -> dict[str, object]:
+    """Seconds per epoch through the real dataset and DataLoader (mosaic on, no test): `reps` epochs (0, 1,
+    ...), each timed from creating the loader's iterator (workers start) to the last optimizer step.
+
+    One untimed step on the first batch comes first, so one-time kernel setup is not counted. Reports the
+    share of the epoch spent waiting for data (time blocked in the loader's __next__). The first epoch is
+    also reported alone: with the data module's RAM image cache it is the only one that decodes from disk.
+    """
+    from utils.datasets import LoadImagesAndLabels
+    from utils.hyp import derive_loss_hyp
+
+    loss_hyp = derive_loss_hyp(hyp, nc)
+    dataset = LoadImagesAndLabels(images, img_size=img_size, batch_size=batch_size, augment=True, hyp=hyp, seed=0,
+                                  verbose=False)
+    model = build_model(cfg, img_size, nc, device, channels_last)
+    model.train()
+    model.hyp, model.gr = loss_hyp, 1.0
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        collate_fn=LoadImagesAndLabels.collate_fn,
+        worker_init_fn=worker_init_fn(),
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(0),
+    )
+    first = next(iter(loader))
+    step_fn = TrainStep(model, first[0].to(device).float().div_(255).contiguous(memory_format=fmt),
+                        first[1].to(device), loss_hyp, precision, device)
+    step_fn()
+    seconds, waits, n_imgs = [], [], 0
+    for epoch in range(reps):
+        dataset.set_epoch(epoch)
+        wait = 0.0
+        n_imgs = 0
+        t0 = time.perf_counter()
+        it = iter(loader)
+        while True:
+            tw = time.perf_counter()
+            batch = next(it, None)
+            wait += time.perf_counter() - tw
+            if batch is None:
+                break
+            step_fn.imgs = batch[0].to(device, non_blocking=True).float().div_(255).contiguous(memory_format=fmt)
+            step_fn.targets = batch[1].to(device)
+            step_fn()
+            n_imgs += len(batch[0])
+        synchronize(device)
+        seconds.append(time.perf_counter() - t0)
+        waits.append(wait)
+    median = float(np.median(seconds))
+    return {
+        "model": cfg.stem,
+        "img_size": img_size,
+        "batch_size": batch_size,
+        "workers": workers,
+        "precision": precision,
+        "channels_last": channels_last,
+        "images": n_imgs,
+        "epochs": reps,
+        "seconds_each": seconds,
+        "seconds": median,
+        "seconds_min": min(seconds),
+        "seconds_max": max(seconds),
+        "img_s": n_imgs / median,
+        "first_epoch_s": seconds[0],
+        "later_epochs_s": float(np.median(seconds[1:])) if len(seconds) > 1 else None,
+        "data_wait_share": float(np.median([w / s for w, s in zip(waits, seconds)])),
+        "data_wait_share_each": [w / s for w, s in zip(waits, seconds)],
+    }
+
+
+def worker_init_fn() -> Callable[[int], None] | None:
+    """The data module's DataLoader worker initialiser (thread settings per worker), if it exports one."""
+    import utils.datasets as datasets
+
+    for name in ("worker_init", "seed_worker", "worker_init_fn"):
+        fn = getattr(datasets, name, None)
+        if callable(fn):
+            return fn
+    return None

@@ -32,23 +32,6 @@ def build_model(cfg: Path, img_size: int, nc: int, device: torch.device, channel
     return model
 
 
-def make_optimizer(model: nn.Module, hyp: dict[str, float]) -> torch.optim.Optimizer:
-    """SGD (Nesterov) with train.py's three groups: conv weights with weight decay; BN weights and biases
-    without."""
-    decay, no_decay, biases = [], [], []
-    for name, p in model.named_parameters():
-        if name.endswith(".bias"):
-            biases.append(p)
-        elif name.endswith("Conv2d.weight"):
-            decay.append(p)
-        else:
-            no_decay.append(p)
-    optimizer = torch.optim.SGD(no_decay, lr=hyp["lr0"], momentum=hyp["momentum"], nesterov=True)
-    optimizer.add_param_group({"params": decay, "weight_decay": hyp["weight_decay"]})
-    optimizer.add_param_group({"params": biases})
-    return optimizer
-
-
 def autocast_for(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
     """A factory of the autocast context for `precision` ('fp32', 'bf16' or 'amp' = CUDA float16)."""
     if precision == "fp32":
@@ -95,7 +78,9 @@ class TrainStep:
         self.device = device
         self.autocast = autocast_for(device, precision)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "amp")
-        self.optimizer = make_optimizer(model, loss_hyp)
+        from utils.torch_utils import build_optimizer
+
+        self.optimizer = build_optimizer(model, loss_hyp)  # train.py's optimizer
         self.phases: dict[str, list[float]] = {"forward": [], "loss": [], "backward": [], "optimizer": []}
 
     def __call__(self) -> float:

@@ -1,0 +1,23 @@
+"""Importing any module of the project prints nothing and writes nothing (setup lives in main())."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+MODULES = [
+    "models", "test", "train", "detect", "export", "utils.parse_config", "utils.layers", "utils.boxes",
+    "utils.loss", "utils.nms", "utils.metrics", "utils.augmentations", "utils.datasets", "utils.shapes",
+    "utils.sources", "utils.hyp", "utils.schedule", "utils.checkpoint", "utils.evolve", "utils.plots",
+    "utils.distributed", "utils.torch_utils", "utils.general", "bench.run",
+]  # fmt: skip
+
+
+def test_importing_every_module_prints_and_writes_nothing(repo_root, tmp_path):
+    code = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)\n"
+    env = {"PYTHONPATH": str(repo_root), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code, *MODULES], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "" and done.stderr == ""
+    assert [p.name for p in tmp_path.iterdir()] == []

@@ -13,10 +13,8 @@ from __future__ import annotations
 import inspect
 import time
 
-import torch
-
 from bench.timing import Timing
-from bench.training import worker_init_fn
+from bench.training import shuffled_loader
 
 CACHE_MODES = ("off", "ram", "preload")
 
@@ -56,7 +54,6 @@ def bench_loader(
     start-up included, as every training epoch pays it) to the last batch. `dataset_build_s` is the dataset
     construction (label scan, plus decoding everything with 'preload').
     """
-    from utils.datasets import LoadImagesAndLabels
 
     rows = []
     for workers in workers_list:
@@ -65,15 +62,7 @@ def bench_loader(
         build_s = time.perf_counter() - t0
         if dataset is None:
             continue
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=True,
-            num_workers=workers,
-            collate_fn=LoadImagesAndLabels.collate_fn,
-            worker_init_fn=worker_init_fn(),
-            generator=torch.Generator().manual_seed(0),
-        )
+        loader = shuffled_loader(dataset, batch_size, workers)
         timing = Timing()
         first = 0.0
         n = 0

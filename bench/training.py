@@ -227,16 +227,7 @@ def bench_epoch(
     model.train()
     model.hyp, model.gr = loss_hyp, 1.0
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=True,
-        num_workers=workers,
-        collate_fn=LoadImagesAndLabels.collate_fn,
-        worker_init_fn=worker_init_fn(),
-        pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(0),
-    )
+    loader = shuffled_loader(dataset, batch_size, workers, pin_memory=device.type == "cuda")
     first = next(iter(loader))
     step_fn = TrainStep(model, first[0].to(device).float().div_(255).contiguous(memory_format=fmt),
                         first[1].to(device), loss_hyp, precision, device)
@@ -283,12 +274,17 @@ def bench_epoch(
     }
 
 
-def worker_init_fn() -> Callable[[int], None] | None:
-    """The data module's DataLoader worker initialiser (thread settings per worker), if it exports one."""
-    import utils.datasets as datasets
+def shuffled_loader(dataset, batch_size: int, workers: int, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """The benchmark's DataLoader: shuffled with a fixed generator, the data module's collate and worker setup."""
+    from utils.datasets import LoadImagesAndLabels, worker_init
 
-    for name in ("worker_init", "seed_worker", "worker_init_fn"):
-        fn = getattr(datasets, name, None)
-        if callable(fn):
-            return fn
-    return None
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        collate_fn=LoadImagesAndLabels.collate_fn,
+        worker_init_fn=worker_init,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(0),
+    )

@@ -33,6 +33,7 @@ import torch
 
 from models import Darknet, load_weights
 from utils.boxes import scale_coords, xyxy2xywh
+from utils.general import tune_malloc
 from utils.nms import non_max_suppression
 from utils.parse_config import parse_data_cfg, parse_model_cfg
 from utils.plots import class_color, plot_one_box
@@ -394,6 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:
         return int(e.code or 0)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    tune_malloc()  # keep per-batch buffers in the heap: no page faults on every batch (utils.general)
     print(opt)
     try:
         detect(

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from models import Darknet, load_weights
 from utils.boxes import clip_coords, scale_coords, xywh2xyxy, xyxy2xywh
 from utils.datasets import LoadImagesAndLabels, resolve_data_cfg
+from utils.general import tune_malloc
 from utils.loss import compute_loss
 from utils.metrics import ap_per_class, match_predictions
 from utils.nms import non_max_suppression
@@ -451,6 +452,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     opt = parse_args(argv)
     logging.basicConfig(level=logging.INFO if opt.verbose else logging.WARNING, format="%(message)s")
+    tune_malloc()  # keep per-batch buffers in the heap: no page faults on every batch (utils.general)
     save_dir = Path(opt.save_dir)
     try:
         ensure_builtin_dataset(opt.data)

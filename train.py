@@ -72,6 +72,7 @@ from utils.evolve import (
     read_evolve,
     write_hyp_yaml,
 )
+from utils.general import tune_malloc
 from utils.hyp import DEFAULT_HYP, HYP_GAINS, derive_loss_hyp, format_hyp, load_hyp
 from utils.loss import compute_loss, loss_counts
 from utils.metrics import fitness
@@ -795,6 +796,7 @@ def main(argv: list[str] | None = None) -> int:
     """The train.py command: returns the process exit code."""
     opt = parse_opt(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    tune_malloc()  # keep per-batch buffers in the heap: no page faults on every batch (utils.general)
     info = DistInfo()
     try:
         info, device = setup_distributed(opt.device)

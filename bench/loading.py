@@ -49,10 +49,10 @@ def bench_loader(
     """One row per worker count: images/s over whole passes through the image set.
 
     Each worker count gets a freshly built dataset (so the 'ram' cache starts empty). Pass 0 is timed on its
-    own (`first_pass_img_s`: cold RAM cache, or page-cache and worker warm-up), then `reps` passes, each a new
-    epoch (dataset.set_epoch, so augmentations differ) and a new iterator, timed from creating it (worker
-    start-up included, as every training epoch pays it) to the last batch. `dataset_build_s` is the dataset
-    construction (label scan, plus decoding everything with 'preload').
+    own (`first_pass_img_s`: cold RAM cache, page cache, and the start of the workers, which then persist as in
+    train.py), then `reps` passes, each a new epoch (dataset.set_epoch, so augmentations differ) and a new
+    iterator, timed from creating it to the last batch. `dataset_build_s` is the dataset construction (label
+    scan, plus decoding everything with 'preload').
     """
 
     rows = []

@@ -32,6 +32,7 @@ from bench.ceilings import measure_ceilings  # noqa: E402
 from bench.reference import compare  # noqa: E402
 from bench.synthetic import write_random_dataset  # noqa: E402
 from bench.timing import CpuMeter, load_average, machine_info, usable_cores  # noqa: E402
+from utils.general import tune_malloc  # noqa: E402
 
 LOGGER = logging.getLogger("bench")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-py", action="store_true",
                         help="epoch section also times `python train.py --epochs 1 --notest` (tiny@320)")
     parser.add_argument("--epoch-workers", type=int, default=2, help="DataLoader workers of the epoch (default 2)")
+    parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
+                        help="glibc heap settings: 'tuned' as train.py/test.py/detect.py set them "
+                             "(utils.general.tune_malloc), or the C library's 'default' (for A/B runs)")
     args = parser.parse_args(argv)
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(args.sections) - set(SECTIONS))
@@ -357,11 +361,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads or usable_cores())
+    malloc_tuned = tune_malloc() if args.malloc == "tuned" else False
     results: dict[str, object] = {
         "schema": 1,
         "argv": sys.argv[1:] if argv is None else list(argv),
         "options": {k: v for k, v in vars(args).items() if k != "sections"} | {"sections": args.sections},
-        "machine": machine_info(device),
+        "machine": machine_info(device) | {"malloc_tuned": malloc_tuned},
         "load": {"start": load_average()},
         "sections": {},
         "errors": {},
@@ -369,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     m = results["machine"]
     print(f"machine: {m['cpu']}, {m['usable_cores']} usable cores (cpu_count {m['cpu_count']}), torch "
           f"{m['torch']} threads {m['torch_threads']}, numpy {m['numpy']}, cv2 {m['cv2']} threads "
-          f"{m['cv2_threads']}, {m['cpu_capability']}, gpu {m['gpu']}; load average {results['load']['start']}")
+          f"{m['cv2_threads']}, {m['cpu_capability']}, gpu {m['gpu']}, malloc tuned {malloc_tuned}; load average "
+          f"{results['load']['start']}")
     busy = results["load"]["start"][0] if results["load"]["start"] else 0.0
     if busy > 0.5 and torch.get_num_threads() > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
         print(f"note: load average {busy} with {torch.get_num_threads()} torch threads: other processes compete for "

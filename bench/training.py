@@ -275,7 +275,8 @@ def bench_epoch(
 
 
 def shuffled_loader(dataset, batch_size: int, workers: int, pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """The benchmark's DataLoader: shuffled with a fixed generator, the data module's collate and worker setup."""
+    """The benchmark's DataLoader: shuffled with a fixed generator, the data module's collate and worker setup, and
+    workers that persist across epochs (as train.py's: they start once, in the first pass)."""
     from utils.datasets import LoadImagesAndLabels, worker_init
 
     return torch.utils.data.DataLoader(
@@ -286,5 +287,6 @@ def shuffled_loader(dataset, batch_size: int, workers: int, pin_memory: bool = F
         collate_fn=LoadImagesAndLabels.collate_fn,
         worker_init_fn=worker_init,
         pin_memory=pin_memory,
+        persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(0),
     )

@@ -9,8 +9,10 @@ import pytest
 from utils.augmentations import (
     PAD_VALUE,
     affine_matrix,
+    apply_hsv,
     augment_hsv,
     fliplr,
+    hsv_gains,
     letterbox,
     mosaic,
     mosaic_affine,
@@ -125,6 +127,27 @@ def test_augment_hsv_shape_dtype_and_identity():
     assert out.shape == img.shape and out.dtype == np.uint8
     assert not np.array_equal(out, img)
     assert np.array_equal(out, augment_hsv(img, 0.0138, 0.678, 0.36, np.random.default_rng(0)))
+
+
+def test_augment_hsv_equals_per_channel_tables_and_works_in_place():
+    """The single 3-channel table equals three per-channel tables on split planes (the reference's way), and
+    writing into the input itself (dst=img, as the loader does) gives the same pixels as a new image."""
+    img = np.random.default_rng(4).integers(0, 255, (37, 53, 3), dtype=np.uint8)
+    gains = hsv_gains(0.0138, 0.678, 0.36, np.random.default_rng(1))
+    assert np.array_equal(gains, np.random.default_rng(1).uniform(-1, 1, 3) * (0.0138, 0.678, 0.36) + 1)
+    x = np.arange(256)
+    tables = [((x * gains[0]) % 180).astype(np.uint8), np.clip(x * gains[1], 0, 255).astype(np.uint8),
+              np.clip(x * gains[2], 0, 255).astype(np.uint8)]
+    h, s, v = cv2.split(cv2.cvtColor(img, cv2.COLOR_BGR2HSV))
+    expected = cv2.cvtColor(cv2.merge([cv2.LUT(c, t) for c, t in zip((h, s, v), tables)]), cv2.COLOR_HSV2BGR)
+    out = apply_hsv(img, gains)
+    assert out is not img and np.array_equal(out, expected)
+    assert np.array_equal(augment_hsv(img, 0.0138, 0.678, 0.36, np.random.default_rng(1)), expected)
+    own = img.copy()
+    assert apply_hsv(own, gains, dst=own) is own and np.array_equal(own, expected)
+    same = img.copy()
+    apply_hsv(same, np.ones(3), dst=same)
+    assert np.array_equal(same, img)  # gains of 1: untouched, no lossy HSV round trip
 
 
 def test_augment_hsv_value_gain_darkens_or_brightens_grey():

@@ -304,6 +304,22 @@ def test_set_epoch_reaches_persistent_workers_and_workers_fill_the_shared_cache(
     assert len(ds.ram_cache) == 6  # written by the workers, seen here
 
 
+@pytest.mark.parametrize("rect", [False, True])
+def test_batch_build_equals_one_by_one_and_leaves_cached_images_alone(tmp_path, rect):
+    """A batch (built in stages, HSV and flip in place) gives the items one-by-one calls give, in mosaic and in
+    rect mode, and never writes into the cached images it composes from (they are read-only)."""
+    images = make_dataset(tmp_path, dict.fromkeys(SIZES6, GOOD), sizes=SIZES6)
+    ds = LoadImagesAndLabels(images, img_size=64, batch_size=3, augment=True, rect=rect, verbose=False,
+                             cache_images=True, seed=5)
+    before = [img.copy() for img, *_ in ds.imgs]
+    assert not any(img.flags.writeable for img, *_ in ds.imgs)
+    ds.set_epoch(2)
+    batch = ds.__getitems__([4, 1, 2, 1])
+    for got, i in zip(batch, [4, 1, 2, 1]):
+        _assert_same_items(got, ds[i])
+    assert all(np.array_equal(a, b) for a, b in zip(before, (img for img, *_ in ds.imgs)))
+
+
 def test_threads_and_indices(tmp_path):
     images = make_dataset(tmp_path, dict.fromkeys(SIZES6, GOOD), sizes=SIZES6)
     one = LoadImagesAndLabels(images, img_size=64, augment=True, verbose=False, threads=1)
@@ -323,6 +339,8 @@ def test_bgr_to_chw_rgb_and_collate():
     img = np.random.default_rng(0).integers(0, 255, (5, 7, 3), dtype=np.uint8)
     np.testing.assert_array_equal(bgr_to_chw_rgb(img), img[:, :, ::-1].transpose(2, 0, 1))
     np.testing.assert_array_equal(bgr_to_chw_rgb(img, flip=True), img[:, ::-1, ::-1].transpose(2, 0, 1))
+    own = img.copy()
+    np.testing.assert_array_equal(bgr_to_chw_rgb(own, flip=True, inplace=True), img[:, ::-1, ::-1].transpose(2, 0, 1))
     items = [(torch.from_numpy(bgr_to_chw_rgb(img)), torch.ones((k, 6)), f"p{k}", None) for k in (2, 0, 1)]
     imgs, targets, paths, shapes = LoadImagesAndLabels.collate_fn(items)
     assert imgs.shape == (3, 3, 5, 7) and imgs.dtype == torch.uint8 and torch.equal(imgs[1], items[1][0])

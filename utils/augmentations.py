@@ -70,23 +70,44 @@ def letterbox(
     return img, ratio, (dw, dh)
 
 
-def augment_hsv(img: np.ndarray, hgain: float, sgain: float, vgain: float, rng: np.random.Generator) -> np.ndarray:
-    """Jitter hue, saturation and value of a BGR uint8 image by random gains in ``1 +- gain``.
+def hsv_gains(hgain: float, sgain: float, vgain: float, rng: np.random.Generator) -> np.ndarray:
+    """Draw the (3,) hue, saturation and value gains of :func:`augment_hsv`, each uniform in ``1 +- gain``."""
+    return rng.uniform(-1, 1, 3) * (hgain, sgain, vgain) + 1
 
-    Hue is multiplied modulo 180 (OpenCV's 8-bit hue range), saturation and value are multiplied and clipped to
-    255. Returns a new image; with all gains 0 it is an unchanged copy (the lossy HSV round trip is skipped).
+
+def apply_hsv(img: np.ndarray, gains: np.ndarray, dst: np.ndarray | None = None) -> np.ndarray:
+    """Multiply the hue (modulo 180, OpenCV's 8-bit hue range), saturation and value (clipped to 255) of a BGR
+    uint8 image by ``gains`` (3,).
+
+    The result goes to ``dst`` when given (it may be ``img`` itself: every step is per pixel, so in place is exact
+    and saves two image-sized buffers), else to a new image. Gains of exactly 1 leave the pixels unchanged (the
+    lossy HSV round trip is skipped).
     """
-    r = rng.uniform(-1, 1, 3) * (hgain, sgain, vgain) + 1
-    if np.all(r == 1):
-        return img.copy()
-    x = _LEVELS
-    lut = np.empty((1, 256, 3), dtype=np.uint8)
-    lut[0, :, 0] = ((x * r[0]) % 180).astype(np.uint8)
-    lut[0, :, 1] = np.clip(x * r[1], 0, 255).astype(np.uint8)
-    lut[0, :, 2] = np.clip(x * r[2], 0, 255).astype(np.uint8)
-    hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
-    cv2.LUT(hsv, lut, dst=hsv)
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+    if dst is None:
+        dst = np.empty_like(img)
+    if np.all(gains == 1):
+        if dst is not img:
+            np.copyto(dst, img)
+        return dst
+    lut = _LEVELS[:, None] * gains  # (256, 3): x * gain per channel, as the reference's three tables
+    np.remainder(lut[:, 0], 180, out=lut[:, 0])
+    np.clip(lut[:, 1:], 0, 255, out=lut[:, 1:])
+    cv2.cvtColor(img, cv2.COLOR_BGR2HSV, dst=dst)
+    cv2.LUT(dst, lut.astype(np.uint8).reshape(1, 256, 3), dst=dst)
+    return cv2.cvtColor(dst, cv2.COLOR_HSV2BGR, dst=dst)
+
+
+def augment_hsv(
+    img: np.ndarray,
+    hgain: float,
+    sgain: float,
+    vgain: float,
+    rng: np.random.Generator,
+    dst: np.ndarray | None = None,
+) -> np.ndarray:
+    """Jitter hue, saturation and value of a BGR uint8 image by random gains in ``1 +- gain``:
+    ``apply_hsv(img, hsv_gains(hgain, sgain, vgain, rng), dst)`` (a new image unless ``dst`` is given)."""
+    return apply_hsv(img, hsv_gains(hgain, sgain, vgain, rng), dst)
 
 
 def _translate(img: np.ndarray, tx: int, ty: int, height: int, width: int) -> np.ndarray:

@@ -14,7 +14,7 @@ mounts) get no cache.
 Speed: decoded, resized images are kept in a shared-memory RAM cache (``SharedImageCache``, ``ram_cache_mb``) that
 the main process and every DataLoader worker fill and read, so each image is decoded once per run rather than
 about four times per epoch (mosaic). The epoch lives in shared memory too, so DataLoader workers may be persistent.
-With ``num_workers=0`` the items of a batch are built by a few threads (``threads``). None of this changes an item:
+With ``num_workers=0`` the images of a batch are decoded by a few threads (``threads``). None of this changes an item:
 it stays a pure function of (seed, epoch, index).
 
 Command line: ``python -m utils.datasets check data/coco128.data [--img-size 416] [--plot labels.png]`` validates
@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from utils.augmentations import augment_hsv, letterbox, mosaic_affine, random_affine
+from utils.augmentations import apply_hsv, hsv_gains, letterbox, mosaic_affine, random_affine
 from utils.boxes import xyxy2xywh
 from utils.hyp import DEFAULT_HYP
 from utils.parse_config import parse_data_cfg
@@ -494,9 +494,9 @@ class LoadImagesAndLabels(Dataset):
             memory as they are first loaded (``SharedImageCache``: one copy shared by the main process and all
             DataLoader workers, kept across epochs), so each is decoded once per run instead of ~4 times per epoch
             (mosaic). Capped at half the free space of ``/dev/shm``; 0 disables it. Items are identical either way.
-        threads: threads that build the items of one batch (``__getitems__``) in the main process, i.e. with
-            ``num_workers=0`` (workers build their items one by one: they already use the cores). Default: the
-            CPUs this process may run on, at most 4; 1 builds items one by one. Decoding and OpenCV release the GIL.
+        threads: threads that decode the images of one batch (``__getitems__``) in the main process, i.e. with
+            ``num_workers=0`` (workers decode one by one: they already use the cores). Default: the CPUs this
+            process may run on, at most 4; 1 decodes one by one. Decoding releases the GIL.
         single_cls: every class becomes 0.
         nc: number of classes; labels with a class outside ``[0, nc)`` are errors.
         pad: extra strides around rect batch shapes (0.5 for testing, 0 for training).
@@ -611,6 +611,8 @@ class LoadImagesAndLabels(Dataset):
             print(f"Caching images ({nbytes / 1e9:.2f} GB)")
         with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
             self.imgs = list(pool.map(self._read, range(self.n)))
+        for img, *_ in self.imgs:
+            img.flags.writeable = False  # items work in place on their own copies: a slip raises, never corrupts
 
     def _make_ram_cache(self, ram_cache_mb: float) -> None:
         budget = int(ram_cache_mb * 2**20)
@@ -677,13 +679,48 @@ class LoadImagesAndLabels(Dataset):
         return self.n
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, str, tuple | None]:
-        index = int(self._indices[i]) if self.image_weights else i
+        return self._build([i], threads=1)[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor, str, tuple | None]]:
+        """The items ``[self[i] for i in indices]`` (a DataLoader fetches a batch through this).
+
+        Outside DataLoader workers (``num_workers=0``) the images are decoded on ``threads`` threads; the threads
+        live for one call, so none is left running when a DataLoader later forks its workers. Workers decode on
+        one thread: they already use the cores."""
+        threads = 1 if torch.utils.data.get_worker_info() is not None else min(self.threads, len(indices))
+        return self._build(indices, threads)
+
+    def _build(self, indices: Sequence[int], threads: int) -> list[tuple]:
+        """Items in three stages: (1) the images the items need, each decoded (or read from a cache) once, on
+        ``threads`` threads (decoding releases the GIL) unless ``cache_images`` holds them all; (2) item by item,
+        the random draws, mosaic or letterbox, affine and labels (small numpy arrays: GIL-bound, threads would
+        contend); (3) item by item, HSV jitter, flip and the (3, h, w) RGB layout, in place on the item's own
+        image. Running the HSV stage on threads too was measured slower on 2 cores: the second core reads images
+        the first just wrote, and the two contend. Each item's draws come from its own generator in the same
+        order as a one-by-one build, so items do not depend on ``threads`` or on the batch they are built in."""
+        epoch = self.epoch
+        plans = []
+        for i in indices:
+            index = int(self._indices[i]) if self.image_weights else i
+            rng = np.random.default_rng([self.seed, epoch, i]) if self.augment else None
+            picks = [index, *rng.integers(0, self.n, 3).tolist()] if self.mosaic else [index]
+            plans.append((index, rng, picks))
+        needed = list(dict.fromkeys(k for *_, picks in plans for k in picks))
+        if threads > 1 and self.imgs is None and len(needed) > 1:
+            with ThreadPoolExecutor(min(threads, len(needed))) as pool:
+                loaded = dict(zip(needed, pool.map(self._load, needed)))
+        else:
+            loaded = {k: self._load(k) for k in needed}
+        staged = [self._compose(index, rng, picks, [loaded[k] for k in picks]) for index, rng, picks in plans]
+        return [self._finish(x) for x in staged]
+
+    def _compose(self, index: int, rng: np.random.Generator | None, picks: list[int], images: list[tuple]) -> tuple:
+        """Stage 2 of ``_build`` for one item: ``(img, labels_out, hsv gains or None, flip, path, shapes)``, where
+        img is a new (h, w, 3) BGR array of this item's own (mosaic, letterbox and affine all return one)."""
         hyp = self.hyp
-        rng = np.random.default_rng([self.seed, self.epoch, i]) if self.augment else None
         if self.mosaic:
-            picks = [index, *rng.integers(0, self.n, 3).tolist()]
             img, labels = mosaic_affine(
-                [self._load(k)[0] for k in picks],
+                [im for im, *_ in images],
                 [self.labels[k] for k in picks],
                 self.img_size,
                 degrees=hyp["degrees"],
@@ -694,7 +731,7 @@ class LoadImagesAndLabels(Dataset):
             )
             shapes = None
         else:
-            img, (h0, w0), (h, w) = self._load(index)
+            img, (h0, w0), (h, w) = images[0]
             shape = tuple(self.batch_shapes[self.batch[index]]) if self.rect else self.img_size
             img, ratio, pad = letterbox(img, shape, auto=False, scaleup=self.augment)
             shapes = (h0, w0), ((h / h0, w / w0), pad)
@@ -715,27 +752,25 @@ class LoadImagesAndLabels(Dataset):
                     shear=hyp["shear"],
                     rng=rng,
                 )
-        if self.augment:
-            img = augment_hsv(img, hyp["hsv_h"], hyp["hsv_s"], hyp["hsv_v"], rng)
+        gains = hsv_gains(hyp["hsv_h"], hyp["hsv_s"], hyp["hsv_v"], rng) if self.augment else None
 
         height, width = img.shape[:2]
         labels_out = np.zeros((len(labels), 6), dtype=np.float32)
         labels_out[:, 1:] = labels
         labels_out[:, 2:] = xyxy2xywh(labels[:, 1:5]) / np.array([width, height, width, height], dtype=np.float32)
         flip = self.augment and rng.random() < 0.5
-        if flip:  # left-right flip (utils.augmentations.fliplr), done on the pixels while converting below
+        if flip:  # left-right flip (utils.augmentations.fliplr), done on the pixels in stage 3
             labels_out[:, 2] = 1 - labels_out[:, 2]
-        return torch.from_numpy(bgr_to_chw_rgb(img, flip)), torch.from_numpy(labels_out), self.img_files[index], shapes
+        return img, labels_out, gains, flip, self.img_files[index], shapes
 
-    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor, str, tuple | None]]:
-        """The items ``[self[i] for i in indices]`` (a DataLoader fetches a batch through this), built by
-        ``threads`` threads when not inside a DataLoader worker. The threads live for one call, so none is left
-        running when a DataLoader later forks its workers."""
-        n_threads = min(self.threads, len(indices))
-        if n_threads < 2 or torch.utils.data.get_worker_info() is not None:
-            return [self[i] for i in indices]
-        with ThreadPoolExecutor(n_threads) as pool:
-            return list(pool.map(self.__getitem__, indices))
+    @staticmethod
+    def _finish(staged: tuple) -> tuple[torch.Tensor, torch.Tensor, str, tuple | None]:
+        """Stage 3 of ``_build`` for one item: HSV jitter and flip in place on its own image, then the layout."""
+        img, labels_out, gains, flip, path, shapes = staged
+        if gains is not None:
+            apply_hsv(img, gains, dst=img)
+        chw = bgr_to_chw_rgb(img, flip, inplace=gains is not None)
+        return torch.from_numpy(chw), torch.from_numpy(labels_out), path, shapes
 
     @staticmethod
     def collate_fn(batch: list) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...], tuple]:
@@ -759,13 +794,14 @@ class LoadImagesAndLabels(Dataset):
         return out, torch.cat(labels, 0), paths, shapes
 
 
-def bgr_to_chw_rgb(img: np.ndarray, flip: bool = False) -> np.ndarray:
+def bgr_to_chw_rgb(img: np.ndarray, flip: bool = False, inplace: bool = False) -> np.ndarray:
     """(h, w, 3) BGR uint8 -> new contiguous (3, h, w) RGB array, mirrored left-right when ``flip``.
 
     ``cv2.split`` into the reversed planes of the output is ~4x faster than copying a transposed numpy view.
+    ``inplace``: ``img`` may be overwritten (the flip is then done in place, with no extra image-sized buffer).
     """
     if flip:
-        img = cv2.flip(img, 1)
+        img = cv2.flip(img, 1, dst=img) if inplace else cv2.flip(img, 1)
     h, w = img.shape[:2]
     out = np.empty((3, h, w), dtype=np.uint8)
     planes = cv2.split(img, [out[2], out[1], out[0]])

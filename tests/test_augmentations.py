@@ -17,6 +17,8 @@ from utils.augmentations import (
     mosaic,
     mosaic_affine,
     random_affine,
+    shift_boxes,
+    transform_boxes,
     warp_image,
 )
 
@@ -208,7 +210,25 @@ def test_mosaic_affine_equals_mosaic_then_random_affine(seed, params):
     rng = np.random.default_rng(seed)
     img4, labels4 = mosaic(imgs, labels, s, rng)
     want_img, want_t = random_affine(img4, labels4, border=-s // 2, rng=rng, **params)
-    got_img, got_t = mosaic_affine(imgs, labels, s, rng=np.random.default_rng(seed), **params)
+    rng_got = np.random.default_rng(seed)
+    got_img, got_t = mosaic_affine(imgs, labels, s, rng=rng_got, **params)
     assert got_img.shape == (s, s, 3)
     np.testing.assert_array_equal(got_img, want_img)
     np.testing.assert_array_equal(got_t, want_t)
+    assert rng_got.random() == rng.random()  # the same draws were used up: later draws (HSV, flip) agree too
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_shift_boxes_equals_transform_boxes_for_whole_pixel_shifts(seed):
+    rng = np.random.default_rng(seed)
+    n = 200
+    xy = rng.uniform(-50, 250, (n, 4)).astype(np.float32)
+    xy[:20, 2:] = xy[:20, :2] + rng.uniform(0, 3, (20, 2)).astype(np.float32)  # thin boxes: dropped
+    targets = np.concatenate((rng.integers(0, 5, (n, 1)).astype(np.float32), xy), 1)
+    for tx, ty in [(0, 0), (-32, -32), (17, -5), (-100, 40)]:
+        M = np.array([[1.0, 0, tx], [0, 1.0, ty], [0, 0, 1]])
+        want = transform_boxes(targets, M, 1.0, 128, 96)
+        got = shift_boxes(targets, tx, ty, 128, 96)
+        assert got.dtype == np.float32 and 0 < len(got) < n
+        np.testing.assert_array_equal(got, want)
+    assert shift_boxes(targets[:0], 3, 3, 10, 10).shape == (0, 5)

@@ -190,6 +190,25 @@ def transform_boxes(targets: np.ndarray, M: np.ndarray, s: float, height: int, w
     corners[:, :2] = targets[:, [1, 2, 3, 4, 1, 4, 3, 2]].reshape(n * 4, 2)  # x1y1, x2y2, x1y2, x2y1
     corners = (corners @ M.T)[:, :2].reshape(n, 4, 2)
     xy = np.concatenate((corners.min(1), corners.max(1)), 1)  # x1 y1 x2 y2
+    return _clip_and_keep(targets, xy, s, height, width)
+
+
+def shift_boxes(targets: np.ndarray, tx: int, ty: int, height: int, width: int) -> np.ndarray:
+    """:func:`transform_boxes` for a pure whole-pixel shift ``M = [[1, 0, tx], [0, 1, ty], [0, 0, 1]]`` (scale 1),
+    bit for bit, without the corner products (each product has exact zero terms, so it is ``x + tx``)."""
+    if len(targets) == 0:
+        return np.zeros((0, 5), dtype=np.float32)
+    t = targets[:, 1:5].astype(np.float64)
+    xy = np.empty_like(t)
+    np.minimum(t[:, :2], t[:, 2:], out=xy[:, :2])
+    np.maximum(t[:, :2], t[:, 2:], out=xy[:, 2:])
+    xy += (tx, ty, tx, ty)
+    return _clip_and_keep(targets, xy, 1.0, height, width)
+
+
+def _clip_and_keep(targets: np.ndarray, xy: np.ndarray, s: float, height: int, width: int) -> np.ndarray:
+    """Clip the transformed float64 boxes ``xy`` (n, 4) to the image and keep those that stay boxes (see
+    :func:`transform_boxes`); the kept rows as (m, 5) float32 ``class, x1, y1, x2, y2``."""
     np.clip(xy, 0, (width, height, width, height), out=xy)
     wh = xy[:, 2:] - xy[:, :2]
     w, h = wh[:, 0], wh[:, 1]
@@ -334,8 +353,13 @@ def mosaic_affine(
     hw = [img.shape[:2] for img in imgs]
     layout = _mosaic_layout(hw, s, rng)
     labels4 = _mosaic_labels(labels_xywh, hw, layout, s)
-    M, sc = affine_matrix((2 * s, 2 * s), degrees, translate, scale, shear, -s // 2, rng)
     c = imgs[0].shape[2]
+    if degrees == translate == scale == shear == 0:  # the default hyp: only the shift that cuts out the centre
+        rng.random(6)  # affine_matrix's six draws (each scaled by 0), so later draws (HSV, flip) stay the same
+        b = -s // 2
+        img = _paste(np.full((s, s, c), PAD_VALUE, dtype=np.uint8), imgs, layout, b, b)
+        return img, shift_boxes(labels4, b, b, s, s)
+    M, sc = affine_matrix((2 * s, 2 * s), degrees, translate, scale, shear, -s // 2, rng)
     if _is_integer_translation(M):
         img = _paste(np.full((s, s, c), PAD_VALUE, dtype=np.uint8), imgs, layout, int(M[0, 2]), int(M[1, 2]))
     else:

@@ -632,17 +632,20 @@ class LoadImagesAndLabels(Dataset):
             self.img_files[index], self.img_size, self.augment, (int(h0), int(w0)), int(self.orientation[index])
         )
 
-    def _load(self, index: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
-        """``load_image``'s result for image ``index``, from ``imgs`` or the RAM cache when there. Read-only."""
+    def _cached(self, index: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]] | None:
+        """``load_image``'s result for image ``index`` from ``imgs`` or the RAM cache (read-only), else None."""
         if self.imgs is not None:
             return self.imgs[index]
-        cache = self.ram_cache
-        hit = None if cache is None else cache.get(index)
+        return None if self.ram_cache is None else self.ram_cache.get(index)
+
+    def _load(self, index: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+        """``load_image``'s result for image ``index``: cached, or decoded now (and then cached when it fits)."""
+        hit = self._cached(index)
         if hit is not None:
             return hit
         out = self._read(index)
-        if cache is not None:
-            cache.put(index, out[0], out[1])
+        if self.ram_cache is not None:
+            self.ram_cache.put(index, out[0], out[1])
         return out
 
     @property
@@ -691,13 +694,13 @@ class LoadImagesAndLabels(Dataset):
         return self._build(indices, threads)
 
     def _build(self, indices: Sequence[int], threads: int) -> list[tuple]:
-        """Items in three stages: (1) the images the items need, each decoded (or read from a cache) once, on
-        ``threads`` threads (decoding releases the GIL) unless ``cache_images`` holds them all; (2) item by item,
-        the random draws, mosaic or letterbox, affine and labels (small numpy arrays: GIL-bound, threads would
-        contend); (3) item by item, HSV jitter, flip and the (3, h, w) RGB layout, in place on the item's own
-        image. Running the HSV stage on threads too was measured slower on 2 cores: the second core reads images
-        the first just wrote, and the two contend. Each item's draws come from its own generator in the same
-        order as a one-by-one build, so items do not depend on ``threads`` or on the batch they are built in."""
+        """Items in three stages: (1) the images the items need, each read once: from a cache, else decoded on
+        ``threads`` threads (decoding releases the GIL); (2) item by item, the random draws, mosaic or letterbox,
+        affine and labels (small numpy arrays: GIL-bound, threads would contend); (3) item by item, HSV jitter,
+        flip and the (3, h, w) RGB layout, in place on the item's own image. Running the HSV stage on threads too
+        was measured slower on 2 cores: the second core reads images the first just wrote, and the two contend.
+        Each item's draws come from its own generator in the same order as a one-by-one build, so items do not
+        depend on ``threads`` or on the batch they are built in."""
         epoch = self.epoch
         plans = []
         for i in indices:
@@ -705,12 +708,13 @@ class LoadImagesAndLabels(Dataset):
             rng = np.random.default_rng([self.seed, epoch, i]) if self.augment else None
             picks = [index, *rng.integers(0, self.n, 3).tolist()] if self.mosaic else [index]
             plans.append((index, rng, picks))
-        needed = list(dict.fromkeys(k for *_, picks in plans for k in picks))
-        if threads > 1 and self.imgs is None and len(needed) > 1:
-            with ThreadPoolExecutor(min(threads, len(needed))) as pool:
-                loaded = dict(zip(needed, pool.map(self._load, needed)))
+        loaded = {k: self._cached(k) for k in dict.fromkeys(k for *_, picks in plans for k in picks)}
+        misses = [k for k, v in loaded.items() if v is None]
+        if threads > 1 and len(misses) > 1:
+            with ThreadPoolExecutor(min(threads, len(misses))) as pool:
+                loaded.update(zip(misses, pool.map(self._load, misses)))
         else:
-            loaded = {k: self._load(k) for k in needed}
+            loaded.update((k, self._load(k)) for k in misses)
         staged = [self._compose(index, rng, picks, [loaded[k] for k in picks]) for index, rng, picks in plans]
         return [self._finish(x) for x in staged]
 

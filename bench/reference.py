@@ -145,14 +145,18 @@ def compare(results: dict[str, object]) -> list[dict[str, object]]:
                          REFERENCE_EPOCH["train_py_process_s"], "s", False, None))
 
     # Our cache modes (bench/loading.py) against the reference's two: 'off' and the default lazy 'ram' cache
-    # against its uncached figure (the 'ram' row is what a default training run gets after its first epoch),
-    # 'preload' (--cache-images) against its cached one.
+    # against its uncached figure (the 'ram' row is what a default training run gets after its first epoch, the
+    # 'ram 1st pass' row its first epoch), 'preload' (--cache-images) against its cached one.
     for item in results.get("loader") or []:
         ref_mode = "cache" if item["cache"] == "preload" else "nocache"
         key = f"{item['img_size']}/w{item['workers']}/{ref_mode}"
         if key in REFERENCE_LOADER_IMG_S:
             rows.append(_row(f"loader {item['img_size']}/w{item['workers']}/{item['cache']} vs {ref_mode}", "loader",
                              item["img_s"]["median"], REFERENCE_LOADER_IMG_S[key], "img/s", True, TARGETS["loader"]))
+            if item["cache"] == "ram" and item.get("first_pass_img_s"):  # a default run's first epoch: cold cache
+                rows.append(_row(f"loader {item['img_size']}/w{item['workers']}/ram 1st pass vs nocache", "loader",
+                                 item["first_pass_img_s"], REFERENCE_LOADER_IMG_S[key], "img/s", True,
+                                 TARGETS["loader"]))
 
     infer_ms: dict[str, float] = {}
     for item in results.get("infer") or []:

@@ -86,7 +86,9 @@ def test_comparison_direction_and_targets() -> None:
         "ceilings": {"fp32_conv_fwdbwd_cl": {"max": 2 * reference.REFERENCE_CEILINGS["fp32_conv_fwdbwd_cl"]}},
         "train": [{"model": "yolov3-tiny", "img_size": 320, "batch_size": 16, "precision": "fp32",
                    "img_s": {"median": 19.2}}],
-        "loader": [{"img_size": 320, "workers": 0, "cache": "off", "img_s": {"median": 88.0}}],
+        "loader": [{"img_size": 320, "workers": 0, "cache": "off", "img_s": {"median": 88.0}},
+                   {"img_size": 320, "workers": 2, "cache": "ram", "img_s": {"median": 966.0},
+                    "first_pass_img_s": 322.0}],
         "infer": [{"model": "yolov3-tiny", "img_size": 320, "batch_size": 1, "fused": True, "precision": "fp32",
                    "ms_per_img": {"median": 14.75}}],
         "nms": [{"source": "synthetic", "layout": "yolov3-tiny@320/nc3", "conf_thres": 0.001, "batch_size": 1,
@@ -98,6 +100,8 @@ def test_comparison_direction_and_targets() -> None:
     assert train["speedup"] == pytest.approx(2.0) and train["meets_target"] is True
     assert train["speedup_hw_adjusted"] == pytest.approx(1.0)
     assert rows["loader 320/w0/off vs nocache"]["meets_target"] is False
+    assert rows["loader 320/w2/ram vs nocache"]["speedup"] == pytest.approx(6.0)
+    assert rows["loader 320/w2/ram 1st pass vs nocache"]["speedup"] == pytest.approx(2.0)
     assert rows["infer yolov3-tiny@320/b1/fused"]["speedup"] == pytest.approx(2.0)
     both = rows["infer+nms yolov3-tiny@320/b1/fused conf 0.001"]
     assert both["speedup"] == pytest.approx((29.5 + 2.8) / (14.75 + 1.4))

@@ -94,3 +94,18 @@ def measure_ceilings(device: torch.device, reps: int, quick: bool, bf16: bool) -
         out[f"{name}_matmul"] = matmul_gflops(n, low, device, reps)
         out[f"{name}_conv_fwdbwd_cl"] = conv_gflops(batch, size, channels, low, device, True, True, reps)
     return out
+
+
+def ceiling_shares(achieved_gflops: float, precision: str, ceilings: dict[str, object]) -> dict[str, float]:
+    """The achieved GFLOP/s of a step as a fraction of the measured ceilings of its precision: ``of_matmul``
+    (the 2048x2048 matmul) and ``of_conv`` (the channels-last 3x3 conv forward+backward). Each ceiling is its
+    fastest repetition (what the machine can do). Missing ceilings (not measured, e.g. ``--only train``) give
+    no entry."""
+    low = {"fp32": "fp32", "bf16": "bf16", "amp": "fp16"}.get(precision, precision)
+    out = {}
+    for key, name in (("of_matmul", f"{low}_matmul"), ("of_conv", f"{low}_conv_fwdbwd_cl")):
+        ceiling = ceilings.get(name)
+        best = ceiling.get("max") if isinstance(ceiling, dict) else None
+        if best:
+            out[key] = achieved_gflops / best
+    return out

@@ -28,7 +28,7 @@ if __package__ in (None, ""):  # run as a script (python bench/run.py): make the
 
 import torch  # noqa: E402
 
-from bench.ceilings import measure_ceilings  # noqa: E402
+from bench.ceilings import ceiling_shares, measure_ceilings  # noqa: E402
 from bench.reference import compare  # noqa: E402
 from bench.synthetic import write_random_dataset  # noqa: E402
 from bench.timing import CpuMeter, load_average, machine_info, usable_cores  # noqa: E402
@@ -220,6 +220,8 @@ def run_sections(args: argparse.Namespace, device: torch.device, results: dict[s
             for precision in p["train_precisions"]:
                 rows.append(bench_train_step(cfg, size, batch, precision, device, args.channels_last, default_hyp(),
                                              images, reps, budget * 2))
+                row = rows[-1]
+                row["ceiling_share"] = ceiling_shares(row["achieved_gflops"], precision, results.get("ceilings") or {})
         return rows
 
     def section_epoch() -> object:
@@ -310,10 +312,11 @@ def format_section(key: str, data: object) -> str:
     if key == "train":
         rows = [[r["model"], r["img_size"], r["batch_size"], r["precision"], _spread(r["img_s"]),
                  r["train_gflop_per_img"], r["achieved_gflops"],
+                 " ".join(f"{k[3:]} {v:.0%}" for k, v in r.get("ceiling_share", {}).items()) or "-",
                  " ".join(f"{k[:3]} {v:.0%}" for k, v in r["phase_share"].items()), r["ema_update_ms"]]
                 for r in data]
         return table(["model", "size", "batch", "prec", "img/s median (min-max)", "GFLOP/img", "GFLOP/s",
-                      "phases", "ema ms"], rows)
+                      "of ceiling", "phases", "ema ms"], rows)
     if key == "epoch":
         rows = [[data["model"], data["img_size"], data["batch_size"], data["workers"], data["images"],
                  " ".join(_fmt(x) for x in data["seconds_each"]), data["img_s"],

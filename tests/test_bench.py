@@ -36,6 +36,7 @@ def test_quick_run_writes_json(tmp_path: Path) -> None:
     train = data["train"][0]
     assert train["img_s"]["median"] > 0 and train["train_gflop_per_img"] > train["forward_gflop_per_img"] > 0
     assert set(train["phase_share"]) == {"forward", "loss", "backward", "optimizer"}
+    assert set(train["ceiling_share"]) == {"of_matmul", "of_conv"} and train["ceiling_share"]["of_matmul"] > 0
     assert {(r["workers"], r["cache"]) for r in data["loader"]} >= {(0, "off"), (0, "preload")}
     assert all(r["img_s"]["median"] > 0 for r in data["loader"])
     assert {r["fused"] for r in data["infer"]} == {False, True}
@@ -113,3 +114,13 @@ def test_import_is_silent(capsys: pytest.CaptureFixture[str]) -> None:
 
     importlib.reload(run)
     assert capsys.readouterr() == ("", "")
+
+
+def test_ceiling_shares_use_the_precisions_fastest_ceiling() -> None:
+    from bench.ceilings import ceiling_shares
+
+    ceilings = {"fp32_matmul": {"median": 150.0, "max": 200.0}, "fp32_conv_fwdbwd_cl": {"max": 400.0},
+                "bf16_matmul": {"max": 1000.0}}
+    assert ceiling_shares(100.0, "fp32", ceilings) == {"of_matmul": 0.5, "of_conv": 0.25}
+    assert ceiling_shares(100.0, "bf16", ceilings) == {"of_matmul": 0.1}
+    assert ceiling_shares(100.0, "amp", ceilings) == {}

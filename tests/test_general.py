@@ -43,10 +43,11 @@ def test_tune_malloc_stops_page_faults_on_reused_batch_buffers():
     applied, tuned_faults = _probe("tuned")
     if applied != "True":
         pytest.skip("not glibc: tune_malloc does nothing here")
+    # 20 batches of ~9.6 MB (~47,000 pages): tuned, they are served from the heap the first batch left.
+    assert tuned_faults < 1000, tuned_faults
     _, default_faults = _probe("default")
-    # 20 batches of ~9.6 MB: with the C library's defaults most pages are faulted in again every batch.
-    assert default_faults > 2000, default_faults
-    assert tuned_faults < default_faults / 20, (tuned_faults, default_faults)
+    # glibc 2.36 here faults most pages in again every batch (~36,000); the probe must show the difference.
+    assert default_faults > 20 * max(tuned_faults, 100), (tuned_faults, default_faults)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")

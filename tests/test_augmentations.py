@@ -232,3 +232,26 @@ def test_shift_boxes_equals_transform_boxes_for_whole_pixel_shifts(seed):
         assert got.dtype == np.float32 and 0 < len(got) < n
         np.testing.assert_array_equal(got, want)
     assert shift_boxes(targets[:0], 3, 3, 10, 10).shape == (0, 5)
+
+
+@pytest.mark.parametrize("keep", [transform_boxes, shift_boxes])
+def test_box_keep_rule_is_the_references(keep):
+    """After mosaic/affine a box is kept when w > 4, h > 4 px, area ratio > 0.2 and aspect ratio < 10 (the
+    reference's rule; the older w > 2, ar < 20 rule keeps the 3-4 px slivers and the 10-11 ar boxes below)."""
+    rows = [  # class, x1, y1, x2, y2 in pixels, no transform (identity / zero shift)
+        (0, 10, 10, 13, 60),  # 3 px wide: dropped
+        (1, 10, 10, 14, 60),  # 4 px wide: dropped (needs > 4)
+        (2, 10, 10, 15, 60),  # 5 px wide, ar 10.0: dropped (needs < 10)
+        (3, 10, 10, 20, 100),  # 10 x 90, ar 9: kept
+        (4, 10, 10, 20, 110),  # 10 x 100, ar 10: dropped
+        (5, 10, 10, 20, 120),  # 10 x 110, ar 11: dropped
+        (6, 10, 10, 15, 54),  # 5 x 44, ar 8.8: kept
+        (7, 10, 10, 100, 19),  # 90 x 9, ar 10: dropped
+    ]
+    targets = np.array(rows, dtype=np.float32)
+    if keep is transform_boxes:
+        out = transform_boxes(targets, np.eye(3), 1.0, 200, 200)
+    else:
+        out = shift_boxes(targets, 0, 0, 200, 200)
+    assert out[:, 0].tolist() == [3, 6]
+    np.testing.assert_array_equal(out[:, 1:], targets[[3, 6], 1:])

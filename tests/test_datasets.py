@@ -184,9 +184,21 @@ def test_reduced_jpeg_decode_gives_the_plain_size(tmp_path, img_size):
     path = str(tmp_path / "x.jpg")
     cv2.imwrite(path, np.random.default_rng(0).integers(0, 255, (481, 641, 3), dtype=np.uint8))
     plain, hw0, hw = load_image(path, img_size)
-    fast, hw0_fast, hw_fast = load_image(path, img_size, shape_hw0=(481, 641), orientation=1)
+    fast, hw0_fast, hw_fast = load_image(path, img_size, shape_hw0=(481, 641), orientation=1, reduced=True)
     assert (hw0, hw) == (hw0_fast, hw_fast) and plain.shape == fast.shape
     assert np.abs(plain.astype(int) - fast.astype(int)).mean() < 40  # same picture (random noise: loose)
+
+
+def test_full_resolution_decode_by_default(tmp_path):
+    """Without the opt-in, a JPEG shrunk 2x is decoded in full and resized (the reference's pixels), even when the
+    dataset knows its original size and orientation."""
+    path = str(tmp_path / "x.jpg")
+    cv2.imwrite(path, np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8))
+    full = cv2.resize(cv2.imread(path), (320, 240), interpolation=cv2.INTER_AREA)
+    default, _, _ = load_image(path, 320, shape_hw0=(480, 640), orientation=1)
+    reduced, _, _ = load_image(path, 320, shape_hw0=(480, 640), orientation=1, reduced=True)
+    assert np.array_equal(default, full)
+    assert not np.array_equal(reduced, full)
 
 
 # ------------------------------------------------------------------------------------------- items

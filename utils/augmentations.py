@@ -17,6 +17,10 @@ import cv2
 import numpy as np
 
 PAD_VALUE = 114  # grey used for padding and for the mosaic canvas, as in the reference trainer
+# Box-keep rule after mosaic and affine (the reference's): a box the crop or warp cut down to a sliver is dropped.
+KEEP_MIN_WH = 4  # pixels: width and height must exceed this
+KEEP_MIN_AREA_RATIO = 0.2  # kept area / (area before * scale) must exceed this
+KEEP_MAX_AR = 10  # max(w / h, h / w) must stay below this
 _EYE2 = np.eye(2)
 _LEVELS = np.arange(256, dtype=np.float64)  # the 8-bit values, for lookup tables
 
@@ -180,8 +184,9 @@ def transform_boxes(targets: np.ndarray, M: np.ndarray, s: float, height: int, w
         height, width: output image size; boxes are clipped to it.
 
     Returns:
-        (m, 5) float32 rows for the kept boxes: the min/max of the 4 transformed corners, clipped, kept when
-        w > 2 and h > 2 pixels, area / (original area * s) > 0.2 and aspect ratio < 20.
+        (m, 5) float32 rows for the kept boxes: the min/max of the 4 transformed corners, clipped, kept by the
+        reference trainer's rule (``KEEP_MIN_WH``, ``KEEP_MIN_AREA_RATIO``, ``KEEP_MAX_AR``): w > 4 and h > 4
+        pixels, area / (original area * s) > 0.2 and aspect ratio max(w/h, h/w) < 10.
     """
     n = len(targets)
     if n == 0:
@@ -215,7 +220,8 @@ def _clip_and_keep(targets: np.ndarray, xy: np.ndarray, s: float, height: int, w
     d0 = targets[:, 3:5] - targets[:, 1:3]
     area0 = d0[:, 0] * d0[:, 1]
     ar = np.maximum(w / (h + 1e-16), h / (w + 1e-16))
-    keep = (w > 2) & (h > 2) & (w * h / (area0 * s + 1e-16) > 0.2) & (ar < 20)
+    keep = (w > KEEP_MIN_WH) & (h > KEEP_MIN_WH) & (w * h / (area0 * s + 1e-16) > KEEP_MIN_AREA_RATIO)
+    keep &= ar < KEEP_MAX_AR
     out = np.empty((int(keep.sum()), 5), dtype=np.float32)
     out[:, 0] = targets[keep, 0]
     out[:, 1:] = xy[keep]

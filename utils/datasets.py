@@ -303,15 +303,19 @@ def load_image(
     augment: bool = False,
     shape_hw0: tuple[int, int] | None = None,
     orientation: int = 0,
+    reduced: bool = False,
 ) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
     """Read an image as 3-channel BGR uint8 and resize it so its long side is ``img_size``.
 
     Grayscale, 16-bit (scaled to 8 bits) and 4-channel files come back as 3-channel BGR; EXIF rotation is applied.
-    Downscaling uses INTER_AREA (INTER_LINEAR when ``augment``), upscaling INTER_LINEAR. Speed: when the original
-    size ``shape_hw0`` is known, the EXIF orientation is 1 (OpenCV's reduced modes ignore EXIF rotation) and the
-    image is a JPEG shrunk by 2x or more, it is decoded directly at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling)
-    and only the rest is resized; the output size is the same as decoding in full, the pixels differ slightly
-    (about 20% faster at 640 -> 320: the entropy decoding, most of the cost, is the same).
+    The file is decoded at full resolution with ``cv2.imread`` and resized with ``cv2.resize``: INTER_AREA when
+    shrinking without augmentation, INTER_LINEAR otherwise, as the reference trainer does.
+
+    ``reduced`` (opt-in, ``--reduced-decode``): when the original size ``shape_hw0`` is known, the EXIF orientation
+    is 1 (OpenCV's reduced modes ignore EXIF rotation) and the image is a JPEG shrunk by 2x or more, it is decoded
+    directly at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) and only the rest is resized. The output size is the
+    same as decoding in full but the pixels differ (about 20% faster at 640 -> 320; the README's parity table gives
+    its measured mAP cost).
 
     Returns:
         ``(img, (h0, w0), (h, w))``: the resized (h, w, 3) image and the original and resized sizes.
@@ -320,7 +324,7 @@ def load_image(
         ValueError: the file cannot be decoded (naming it).
     """
     img = None
-    if shape_hw0 is not None and orientation == 1 and path.lower().endswith((".jpg", ".jpeg")):
+    if reduced and shape_hw0 is not None and orientation == 1 and path.lower().endswith((".jpg", ".jpeg")):
         h0, w0 = shape_hw0
         r = img_size / max(h0, w0)
         f = next((f for f in (8, 4, 2) if r <= 1 / f), 1)
@@ -497,6 +501,8 @@ class LoadImagesAndLabels(Dataset):
         threads: threads that decode the images of one batch (``__getitems__``) in the main process, i.e. with
             ``num_workers=0`` (workers decode one by one: they already use the cores). Default: the CPUs this
             process may run on, at most 4; 1 decodes one by one. Decoding releases the GIL.
+        reduced_decode: decode JPEGs shrunk by 2x or more at reduced DCT scale (faster, other pixels; see
+            ``load_image``). Off by default: full-resolution decoding as the reference.
         single_cls: every class becomes 0.
         nc: number of classes; labels with a class outside ``[0, nc)`` are errors.
         pad: extra strides around rect batch shapes (0.5 for testing, 0 for training).
@@ -528,6 +534,7 @@ class LoadImagesAndLabels(Dataset):
         verbose: bool = True,
         ram_cache_mb: float = 1024,
         threads: int | None = None,
+        reduced_decode: bool = False,
     ) -> None:
         if int(img_size) <= 0 or int(batch_size) <= 0:
             raise ValueError(f"img_size={img_size} and batch_size={batch_size} must be positive integers")
@@ -549,6 +556,7 @@ class LoadImagesAndLabels(Dataset):
         self.mosaic = augment and not rect
         self.image_weights = image_weights
         self.seed = int(seed)
+        self.reduced_decode = bool(reduced_decode)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()  # shared: see set_epoch
 
         self.img_files = list_image_files(path)
@@ -628,9 +636,8 @@ class LoadImagesAndLabels(Dataset):
 
     def _read(self, index: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
         w0, h0 = self.shapes[index]
-        return load_image(
-            self.img_files[index], self.img_size, self.augment, (int(h0), int(w0)), int(self.orientation[index])
-        )
+        return load_image(self.img_files[index], self.img_size, self.augment, (int(h0), int(w0)),
+                          int(self.orientation[index]), reduced=self.reduced_decode)
 
     def _cached(self, index: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]] | None:
         """``load_image``'s result for image ``index`` from ``imgs`` or the RAM cache (read-only), else None."""

@@ -586,11 +586,91 @@ def load_state_dict_fitting(model: nn.Module, state_dict: dict[str, torch.Tensor
             skipped.append((k, f"shape {tuple(v.shape)} in the checkpoint, {tuple(msd[k].shape)} in the model"))
         else:
             fitting[k] = v
-    skipped += [(k, "not in the checkpoint, keeps its initial value") for k in msd if k not in state_dict]
+    skipped += [(k, "not in the checkpoint, keeps its initial value") for k in msd
+                if k not in state_dict and not k.endswith("num_batches_tracked")]
     model.load_state_dict(fitting, strict=False)
     for k, reason in skipped:
-        logger.info("transfer: skipped %s: %s", k, reason)
+        logger.info("weights: skipped %s: %s", k, reason)
     return len(fitting), skipped
+
+
+def darknet_file_nc(model: Darknet, n_values: int) -> int | None:
+    """The class count whose output layers make ``model``'s cfg hold exactly ``n_values`` Darknet values, or None.
+
+    A cfg's value count is affine in nc (only the convolutions feeding the YOLO layers depend on it), so two counts
+    give the line and ``n_values`` its nc: an 80-class ``yolov3-tiny.weights`` on a model built for nc=3 gives 80.
+    """
+    ch = model.net_def.get("channels", 3)
+
+    def total(nc: int) -> int:
+        return int(sum(darknet_value_counts(adapt_nc(model.module_defs, nc), ch)))
+
+    t1, per_class = total(1), total(2) - total(1)
+    if per_class <= 0 or n_values < t1 or (n_values - t1) % per_class:
+        return None
+    return 1 + (n_values - t1) // per_class
+
+
+def _darknet_state_dict(model: Darknet, path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors a Darknet file holds, by this model's state_dict names, whatever nc it was trained for.
+
+    The file is read into a donor network of ``model``'s cfg: first with ``model``'s own nc, else with the nc its
+    value count implies (``darknet_file_nc``); only the blocks the file covers (its cutoff) are returned.
+    """
+    try:
+        donor = Darknet(model.cfg, nc=model.nc)
+        report = load_darknet_weights(donor, path)
+    except ValueError as first:
+        with open(path, "rb") as f:
+            version = np.fromfile(f, dtype=np.int32, count=3)
+            header = 12 + np.dtype(_seen_dtype(version)).itemsize if len(version) == 3 else path.stat().st_size
+        nc = darknet_file_nc(model, (path.stat().st_size - header) // 4)
+        if nc is None or nc == model.nc:
+            raise first
+        donor = Darknet(model.cfg, nc=nc)
+        report = load_darknet_weights(donor, path)
+    model.version, model.seen = donor.version, donor.seen
+    loaded = tuple(f"module_list.{i}." for i, _, _ in _conv_blocks(donor, report["cutoff"]))
+    sd = {k: v for k, v in donor.state_dict().items() if k.startswith(loaded) and not k.endswith("num_batches_tracked")}
+    return sd, {**report, "file_nc": donor.nc}
+
+
+def load_weights_fitting(model: nn.Module, path: str | Path) -> dict:
+    """Initial weights for training from any ``.pt`` or Darknet ``.weights`` file, for any class count.
+
+    Every tensor whose name and shape fit ``model`` is loaded; the others keep their fresh initial values (the
+    output layers when the file was trained for another nc, everything past a Darknet cutoff such as
+    ``yolov3-tiny.conv.15``). Skipped tensors are logged key by key.
+
+    Returns:
+        report: ``format`` ('pt' or 'darknet'), ``path``, ``loaded`` (count), ``total`` (tensors in the model's
+        state_dict, BatchNorm counters excluded), ``skipped`` (``(name, reason)`` list) and, for Darknet files,
+        ``file_nc`` and ``cutoff``.
+
+    Raises:
+        FileNotFoundError: saying where to put the file.
+        ValueError: not a checkpoint or Darknet file, or no tensor of it fits the model.
+    """
+    model_ = de_parallel(model)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"weights not found: {path}; nothing is downloaded: put the file in the weights/ folder "
+            "(see weights/README.md) or start from scratch with --weights ''"
+        )
+    if path.suffix in (".pt", ".pth"):
+        sd, extra = _state_dict_of(_torch_load(path, "cpu"), path), {"format": "pt"}
+    else:
+        sd, extra = _darknet_state_dict(model_, path)
+        extra["format"] = "darknet"
+    counters = {k for k in model_.state_dict() if k.endswith("num_batches_tracked")}  # BatchNorm's, not weights
+    n_loaded, skipped = load_state_dict_fitting(model_, sd)
+    n_loaded -= sum(k in counters for k in sd if k not in {name for name, _ in skipped})
+    if n_loaded == 0:
+        raise ValueError(f"{path}: none of its {len(sd)} tensors fits {model_.cfg} (nc={model_.nc}) by name and "
+                         "shape; fix: pass weights trained with this cfg (or one of its backbones)")
+    total = len(model_.state_dict()) - len(counters)
+    return {**extra, "path": str(path), "loaded": n_loaded, "total": total, "skipped": skipped}
 
 
 def convert(cfg: str | Path, weights: str | Path, output: str | Path | None = None, nc: int | None = None) -> str:

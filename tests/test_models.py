@@ -21,6 +21,7 @@ from models import (
     load_darknet_weights,
     load_state_dict_fitting,
     load_weights,
+    load_weights_fitting,
     save_weights,
 )
 
@@ -359,6 +360,68 @@ def test_load_state_dict_fitting(cfg_dir, tiny):
     assert n == len(tiny.state_dict()) - 4
     assert {k for k, _ in skipped} == {f"module_list.{i}.Conv2d.{p}" for i in (15, 22) for p in ("weight", "bias")}
     assert torch.equal(model.module_list[0].Conv2d.weight, tiny.module_list[0].Conv2d.weight)
+
+
+HEADS = {f"module_list.{i}.Conv2d.{p}" for i in (15, 22) for p in ("weight", "bias")}  # yolov3-tiny's output convs
+
+
+@pytest.mark.parametrize("fmt", ["pt", "weights"])
+def test_weights_of_80_classes_fit_a_3_class_model_except_the_heads(cfg_dir, tiny, tmp_path, fmt):
+    """Fine-tuning: an 80-class .pt or Darknet .weights onto nc=3 loads every other tensor bit for bit (BatchNorm
+    statistics included) and leaves the output convolutions at their fresh 3-class init."""
+    path = tmp_path / f"coco80.{fmt}"
+    if fmt == "pt":
+        torch.save({"model": tiny.state_dict(), "epoch": 3}, path)
+    else:
+        save_weights(tiny, path)
+    model = Darknet(cfg_dir / "yolov3-tiny.cfg", nc=3)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    report = load_weights_fitting(model, path)
+    sd, src = model.state_dict(), tiny.state_dict()
+    assert {k for k, _ in report["skipped"]} == HEADS
+    assert report["loaded"] == report["total"] - 4 and report["format"] == ("pt" if fmt == "pt" else "darknet")
+    for k, v in sd.items():
+        if k in HEADS:
+            assert v.shape[0] == 3 * (5 + 3) and torch.equal(v, fresh[k]), k
+        elif not k.endswith("num_batches_tracked"):
+            assert torch.equal(v, src[k]), k
+    if fmt == "weights":
+        assert report["file_nc"] == 80
+
+
+def test_darknet_cutoff_file_loads_its_blocks_only(cfg_dir, tiny, tmp_path):
+    path = tmp_path / "yolov3-tiny.conv.15"
+    save_weights(tiny, path, cutoff=15)
+    model = Darknet(cfg_dir / "yolov3-tiny.cfg", nc=1)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    report = load_weights_fitting(model, path)
+    loaded = {k for k in model.state_dict() if int(k.split(".")[1]) < 15 and not k.endswith("num_batches_tracked")}
+    assert report["loaded"] == len(loaded) and report["cutoff"] == 15
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, tiny.state_dict()[k] if k in loaded else fresh[k]), k
+
+
+def test_official_tiny_weights_onto_one_class(cfg_dir):
+    official = REFERENCE.parents[1] / "weights" / "yolov3-tiny.weights"
+    if not official.is_file():
+        pytest.skip(f"official weights not found at {official}")
+    model = Darknet(cfg_dir / "yolov3-tiny.cfg", nc=1)
+    report = load_weights_fitting(model, official)
+    assert report["file_nc"] == 80 and {k for k, _ in report["skipped"]} == HEADS
+    coco = Darknet(cfg_dir / "yolov3-tiny.cfg")
+    load_darknet_weights(coco, official)
+    assert torch.equal(model.module_list[13].Conv2d.weight, coco.module_list[13].Conv2d.weight)
+
+
+def test_weights_that_fit_nothing_are_refused(cfg_dir, tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"model": {"backbone.weight": torch.zeros(3)}}, path)
+    with pytest.raises(ValueError, match=r"other.pt: none of its 1 tensors fits"):
+        load_weights_fitting(Darknet(cfg_dir / "yolov3-tiny.cfg", nc=3), path)
+    bad = tmp_path / "bad.weights"
+    _write_darknet(bad, _random_values(1234, seed=0))
+    with pytest.raises(ValueError, match="bad.weights"):
+        load_weights_fitting(Darknet(cfg_dir / "yolov3-tiny.cfg", nc=3), bad)
 
 
 def test_convert_round_trip(cfg_dir, tmp_path):

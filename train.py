@@ -9,14 +9,15 @@ Every run writes to runs/<name>/ (exp, exp2, ...; an earlier run's files are nev
 (one row per epoch), hyp.yaml, opt.yaml, labels.png, train_batch0.jpg, test_batch0_*.jpg, results.png and
 weights/last.pt (every epoch), best.pt (when fitness improves), backup{epoch}.pt (every 10 epochs).
 
-Numerics kept from the reference trainer (ultralytics/yolov3): SGD with Nesterov momentum in three parameter
-groups, burn-in ``lr0 * (ni / n_burn) ** 4`` with ``gr`` ramping from 0 to 1, MultiStep x0.1 at 80% and 90% of
-the epochs (or ``--cos``), an optimizer step every ``--accumulate`` batches, and the loss multiplied by
-``batch_size / 64`` before backward: the hyperparameters were evolved at a nominal batch of 64, and this keeps
-the size of a gradient step what it was there whatever the batch (the loss itself is a per-batch mean).
-The optimizer also steps after an epoch's last batch, so every epoch starts with a fresh accumulation. After
-each epoch (or only the last with --notest) rank 0 evaluates the valid set with conf_thres 0.001 (single-label
-NMS during burn-in, as the reference, since an untrained net yields boxes everywhere).
+The default recipe is the reference trainer's of 2020 (``--recipe 2020``, see utils/schedule.py): SGD with Nesterov
+momentum in three parameter groups; an optimizer step every ``max(round(64 / batch_size), 1)`` batches; the loss
+multiplied by ``batch_size / 64`` before backward (the hyperparameters were evolved at a nominal batch of 64, and
+this keeps a gradient step what it was there whatever the batch); a burn-in of ``max(3 * nb, 500)`` batches that
+ramps every group's lr, the momentum, the weight decay, the accumulation and ``gr`` together; a cosine schedule
+down to 0.05 lr0; an EMA of the weights, which the per-epoch test scores and the checkpoints store as ``model``.
+``--recipe 2019`` is the seed's (short lr**4 burn-in, MultiStep, accumulate 4, no EMA). After each epoch (or only
+the last with --notest) rank 0 evaluates the valid set with conf_thres 0.001 (single-label NMS during burn-in, as
+the reference, since an untrained net yields boxes everywhere).
 
 Ctrl-C or SIGTERM stops after the current batch with a checkpoint at that exact position; ``--resume`` then
 continues bit for bit (on CPU with ``--deterministic``) as if never interrupted. Under torchrun, resume by
@@ -49,7 +50,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from tqdm import tqdm
 
 import test as evaluation  # this project's test.py (the evaluation CLI), not the standard library package
-from models import Darknet, load_state_dict_fitting, load_weights
+from models import Darknet, load_weights_fitting
 from utils.checkpoint import atomic_save, load_checkpoint, make_checkpoint, next_run_dir, rng_state, set_rng_state
 from utils.datasets import LoadImagesAndLabels, resize_batch, resolve_data_cfg, worker_init
 from utils.distributed import (
@@ -78,15 +79,17 @@ from utils.loss import compute_loss, loss_counts
 from utils.metrics import fitness
 from utils.plots import plot_evolution_results, plot_images, plot_labels, plot_results
 from utils.schedule import (
+    NOMINAL_BATCH,
+    RECIPES,
+    SCHEDULES,
+    SEED_ACCUMULATE,
+    Recipe,
+    auto_accumulate,
     burn_in_batches,
-    burn_in_factors,
-    lr_factor,
     multi_scale_range,
-    multi_scale_size,
-    scheduler_state,
 )
 from utils.shapes import ensure_builtin_dataset
-from utils.torch_utils import ModelEMA, build_optimizer, de_parallel, init_seeds, model_info
+from utils.torch_utils import ModelEMA, apply_batch_settings, build_optimizer, de_parallel, init_seeds, model_info
 
 LOGGER = logging.getLogger("train")
 REPO = Path(__file__).resolve().parent
@@ -159,22 +162,26 @@ def build_parser(argument_default: Any = None) -> argparse.ArgumentParser:
 
     p.add_argument("--epochs", type=int, default=d(100), help="number of epochs")
     p.add_argument("--batch-size", type=int, default=d(16), help="global batch size (split over torchrun ranks)")
-    p.add_argument("--accumulate", type=int, default=d(4), help="batches per optimizer step")
+    p.add_argument("--accumulate", type=int, default=d(None), metavar="N",
+                   help="batches per optimizer step (default: max(round(64 / batch-size), 1), reached by a ramp "
+                   "from 1 during burn-in; --recipe 2019: 4); a value given here overrides the default")
     p.add_argument("--cfg", default=d("cfg/yolov3-spp.cfg"), help="model .cfg file")
     p.add_argument(
         "--data-cfg", "--data", dest="data", default=d("data/shapes.data"),
         help="data set .data file (the built-in data/shapes.data is generated on first use)",
     )  # fmt: skip
     p.add_argument("--multi-scale", action="store_true", default=d(False),
-                   help="vary the image size in [img-size/1.5, img-size*1.5] every 10 optimizer steps")
-    p.add_argument("--img-size", type=int, nargs="+", default=d([416]),
-                   help="image size in pixels, multiple of 32: one value, or two (train, test)")
+                   help="a new training size at every optimizer step, in [img-size // 1.5, img-size // 0.667] "
+                   "floored to multiples of 32 (416: 256..608); --recipe 2019: every 10 steps in 288..640 for 416")
+    p.add_argument("--img-size", type=int, nargs="+", default=d([416]), metavar="SIZE",
+                   help="pixels, multiples of 32, as the reference: 'SIZE' trains and tests at SIZE; 'MIN MAX' "
+                   "trains multi-scale in MIN..MAX and tests at MAX; 'MIN MAX TEST' sets the test size too")
     p.add_argument("--rect", action="store_true", default=d(False), help="rectangular training batches (no mosaic)")
     p.add_argument("--resume", action="store_true", default=d(False),
                    help="resume from --weights PATH, else runs/<name>/weights/last.pt, else the latest run")
     p.add_argument("--transfer", action="store_true", default=d(False),
-                   help="transfer learning: load weights/yolov3-spp.pt (or --weights) where shapes fit and "
-                   "train only the output convolutions")
+                   help="transfer learning as the seed: load weights/yolov3-spp.pt (or --weights) where shapes fit "
+                   "and train only the output convolutions (to fine-tune every layer, use --weights alone)")
     p.add_argument("--num-workers", type=int, default=d(min(4, os.cpu_count() or 1)), help="data loader workers")
     p.add_argument("--nosave", action="store_true", default=d(False), help="save only the final checkpoint")
     p.add_argument("--notest", action="store_true", default=d(False), help="test only after the final epoch")
@@ -185,10 +192,13 @@ def build_parser(argument_default: Any = None) -> argparse.ArgumentParser:
     p.add_argument("--bucket", default=d(""), help="gsutil bucket to sync evolve.txt and results with")
     p.add_argument("--var", type=int, default=d(None), help="free debug integer, recorded in the checkpoint only")
     p.add_argument("--weights", default=d(None),
-                   help="initial weights (.pt or Darknet .weights); default: the backbone in weights/ "
-                   "when present; '' trains from scratch")
+                   help="initial weights: any .pt checkpoint or Darknet .weights file, for any class count: every "
+                   "tensor whose name and shape fit is loaded, the rest (the output layers of another nc) start "
+                   "fresh, and all layers train; default: the backbone in weights/ when present; '' trains from "
+                   "scratch")
     p.add_argument("--device", default=d(""), help="'' (CUDA if available), cpu, 0, or 0,1")
-    p.add_argument("--adam", action="store_true", default=d(False), help="Adam instead of SGD")
+    p.add_argument("--adam", action="store_true", default=d(False),
+                   help="Adam (PyTorch's default betas) instead of SGD; same lr0 and groups")
     p.add_argument("--cache-images", action="store_true", default=d(False), help="cache images in memory")
     p.add_argument("--single-cls", action="store_true", default=d(False), help="train as a single-class data set")
     p.add_argument("--name", default=d(None), help="run name: results go to <project>/<name> (default exp)")
@@ -199,12 +209,24 @@ def build_parser(argument_default: Any = None) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d(0), help="random seed (data order, augmentation, init)")
     p.add_argument("--deterministic", action="store_true", default=d(False),
                    help="deterministic algorithms (bit-exact resume on CPU)")
+    p.add_argument("--recipe", choices=RECIPES, default=d("2020"),
+                   help="2020: the reference's 2020 recipe (long burn-in ramping lr, momentum, weight decay, "
+                   "accumulation and gr; cosine schedule to 0.05 lr0; EMA). 2019: the seed's (short lr**4 burn-in, "
+                   "MultiStep at 80%%/90%%, accumulate 4, no EMA)")
     p.add_argument("--burn-in", type=int, default=d(None), metavar="N",
-                   help="burn-in batches (default min(round(nb/5+1), 1000))")
-    p.add_argument("--cos", action="store_true", default=d(False), help="cosine learning-rate schedule to lr0*lrf")
+                   help="burn-in batches (default max(3 * batches per epoch, 500); --recipe 2019: "
+                   "min(round(batches per epoch / 5 + 1), 1000)); 0 switches burn-in off")
+    p.add_argument("--schedule", choices=SCHEDULES, default=d(None),
+                   help="per-epoch lr factor: cos ((1 + cos(pi * epoch / epochs)) / 2 * 0.95 + 0.05) or multistep "
+                   "(x0.1 at 80%% and 90%% of the epochs); default: the recipe's (2020 cos, 2019 multistep)")
     p.add_argument("--no-amp", action="store_true", default=d(False), help="no mixed precision on CUDA")
     p.add_argument("--bf16", action="store_true", default=d(False), help="bfloat16 autocast on CPU (opt-in)")
-    p.add_argument("--ema", action="store_true", default=d(False), help="keep an EMA of the weights for testing")
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=d(None),
+                   help="keep an exponential moving average of the weights, test it and save it as the checkpoint's "
+                   "'model' (default: on; --recipe 2019: off)")
+    p.add_argument("--reduced-decode", action="store_true", default=d(False),
+                   help="speed: decode training JPEGs shrunk by 2x or more at reduced DCT scale (other pixels than "
+                   "the reference's full-resolution decode; see the README's parity table for its mAP cost)")
     p.add_argument("--sync-bn", action="store_true", default=d(False), help="SyncBatchNorm under torchrun")
     # testing hook: behaves exactly like receiving SIGTERM after N batches (counted from this process's start)
     p.add_argument("--stop-after-batches", type=int, default=d(None), help=argparse.SUPPRESS)
@@ -224,14 +246,16 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     opt = parser.parse_args(argv)
     opt.explicit = sorted(vars(build_parser(argparse.SUPPRESS).parse_args(argv)))
     err = parser.error
-    if len(opt.img_size) > 2:
-        err(f"--img-size takes one or two values (train, test), got {len(opt.img_size)}")
+    if len(opt.img_size) > 3:
+        err(f"--img-size takes one to three values (SIZE, or MIN MAX, or MIN MAX TEST), got {len(opt.img_size)}")
     for s in opt.img_size:
         if s < GS or s % GS:
             err(f"--img-size {s} is not a multiple of {GS}; use {max(GS, round(s / GS) * GS)}")
+    if len(opt.img_size) > 1 and opt.img_size[0] > opt.img_size[1]:
+        err(f"--img-size {opt.img_size[0]} {opt.img_size[1]}: MIN is larger than MAX; swap them")
     for flag, value, low in (("--epochs", opt.epochs, 1), ("--batch-size", opt.batch_size, 1),
                              ("--accumulate", opt.accumulate, 1), ("--num-workers", opt.num_workers, 0)):
-        if value < low:
+        if value is not None and value < low:
             err(f"{flag} {value}: must be >= {low}")
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if opt.batch_size < world:
@@ -254,6 +278,21 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
         if path and not Path(path).is_file():
             err(f"{flag} {path}: file not found")
     return opt
+
+
+def image_sizes(img_size: list[int], multi_scale: bool, recipe: str = "2020") -> tuple[int, int, int, bool]:
+    """``(lo, hi, test, multi)`` training size range, test size and whether sizes vary, from ``--img-size``.
+
+    As the reference: one value trains and tests at it (``--multi-scale`` varies it within
+    ``utils.schedule.multi_scale_range``); two values ``MIN MAX`` train multi-scale in MIN..MAX and test at MAX;
+    a third value is the test size. Images are loaded at ``hi``; the batch is resized to the drawn size.
+    """
+    sizes = list(img_size) + [img_size[-1]] * (3 - len(img_size))
+    lo, hi, test = sizes
+    multi = multi_scale or lo != hi
+    if multi and lo == hi:
+        lo, hi = multi_scale_range(lo, recipe, GS)
+    return lo, hi, test, multi
 
 
 def opt_to_dict(opt: argparse.Namespace) -> dict[str, Any]:
@@ -288,65 +327,57 @@ def freeze_non_output(model: nn.Module) -> int:
     return frozen
 
 
-def freeze_bn_stats(model: nn.Module) -> None:
-    """Put BatchNorm layers whose parameters are all frozen in eval mode, so frozen layers stay frozen
-    (otherwise their running statistics would still drift with the new data). No-op without frozen layers."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            params = list(m.parameters(recurse=False))
-            if params and not any(p.requires_grad for p in params):
-                m.eval()
-
-
-def weights_state_dict(path: Path, cfg: str) -> dict[str, torch.Tensor]:
-    """A state_dict from a .pt checkpoint (ours, ultralytics' or a raw state_dict) or a Darknet .weights file
-    (read into the cfg's own network, whatever its class count)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"weights {path} not found; put the file there (see weights/README.md)")
-    if path.suffix == ".pt":
-        ckpt = load_checkpoint(path)
-        state = ckpt.get("model", ckpt)
-        return state.state_dict() if isinstance(state, nn.Module) else state
-    donor = Darknet(cfg)
-    load_weights(donor, path)
-    return donor.state_dict()
+def initial_weights_path(opt: argparse.Namespace, weights_dir: Path) -> Path | None:
+    """The file the run starts from: ``--weights``; else for ``--transfer`` ``weights/yolov3-spp.pt``; else the
+    Darknet backbone of the cfg in ``weights/`` when present (``default_weights``); None: train from scratch."""
+    if opt.weights:
+        return Path(opt.weights)
+    if opt.weights == "":
+        return None
+    if opt.transfer:
+        return weights_dir / "yolov3-spp.pt"
+    return default_weights(opt.cfg, weights_dir)
 
 
 def load_initial_weights(model: nn.Module, opt: argparse.Namespace, weights_dir: Path, verbose: bool = True) -> None:
-    """Initial weights as the options ask (--transfer / --freeze-layers / --weights / the default backbone)."""
+    """Initial weights as the options ask. Any .pt or .weights file, any class count: the tensors that fit load,
+    the rest start fresh (``models.load_weights_fitting``). All layers train, except with ``--transfer`` /
+    ``--freeze-layers``, which train only the output convolutions (the seed's transfer learning)."""
     say = print if verbose else lambda *args, **kwargs: None
-    if opt.transfer or opt.freeze_layers:
-        if opt.weights:
-            path = Path(opt.weights)
-        elif opt.transfer:
-            path = weights_dir / "yolov3-spp.pt"
-        else:
-            path = default_weights(opt.cfg, weights_dir)
-            if path is None:
-                raise FileNotFoundError("--freeze-layers needs --weights PATH (or a backbone in weights/)")
-        n_loaded, skipped = load_state_dict_fitting(model, weights_state_dict(path, opt.cfg))
-        n_frozen = freeze_non_output(model)
-        say(f"Transferred {n_loaded} tensors from {path}, skipped {len(skipped)} (shape or name differ), "
-              f"froze {n_frozen}; training only layers {output_layer_indices(model)}")
-        return
-    if opt.weights == "":
-        say("Training from scratch (--weights '').")
-        return
-    path = Path(opt.weights) if opt.weights else default_weights(opt.cfg, weights_dir)
+    freeze = opt.transfer or opt.freeze_layers
+    path = initial_weights_path(opt, weights_dir)
     if path is None:
-        name = "yolov3-tiny.conv.15" if "tiny" in Path(opt.cfg).name else "darknet53.conv.74"
-        say(f"WARNING: no pretrained backbone at {weights_dir / name}: training from scratch. Put the file there "
-              f"(see weights/README.md) or pass --weights PATH; --weights '' silences this warning.")
+        if freeze:
+            raise FileNotFoundError("--freeze-layers needs --weights PATH (or a backbone in weights/)")
+        if opt.weights == "":
+            say("Training from scratch (--weights '').")
+        else:
+            name = "yolov3-tiny.conv.15" if "tiny" in Path(opt.cfg).name else "darknet53.conv.74"
+            say(f"WARNING: no pretrained backbone at {weights_dir / name}: training from scratch. Put the file "
+                f"there (see weights/README.md) or pass --weights PATH; --weights '' silences this warning.")
         return
-    if not path.is_file():
-        raise FileNotFoundError(f"--weights {path} not found; put the file there (see weights/README.md)")
-    report = load_weights(model, path)
-    say(f"Loaded weights from {path}: {report}")
+    report = load_weights_fitting(model, path)
+    skipped = report["skipped"]
+    layers = sorted({int(k.split(".")[1]) for k, _ in skipped if k.startswith("module_list.")})
+    line = (f"Loaded {report['loaded']} of {report['total']} tensors from {path}"
+            + (f" (Darknet, trained for nc={report['file_nc']})" if report["format"] == "darknet" else "")
+            + (f"; {len(skipped)} start fresh (layers {_ranges(layers)}: name or shape differ)" if skipped else ""))
+    if freeze:
+        n_frozen = freeze_non_output(model)
+        say(f"{line}; froze {n_frozen} tensors, training only layers {output_layer_indices(model)}")
+    else:
+        say(f"{line}; training all layers")
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+def _ranges(values: list[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``'0-2, 5, 7-8'``."""
+    out: list[str] = []
+    for v in values:
+        if out and v == int(out[-1].split("-")[-1]) + 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{v}"
+        else:
+            out.append(str(v))
+    return ", ".join(out)
 
 
 def memory_gb(device: torch.device) -> float:
@@ -442,8 +473,8 @@ def train(
     if main_rank:
         wdir.mkdir(parents=True, exist_ok=True)
     init_seeds(opt.seed + info.rank, opt.deterministic)
-    train_size, test_size = (opt.img_size * 2)[:2]
-    world, accumulate, epochs = info.world_size, opt.accumulate, opt.epochs
+    lo, hi, test_size, multi_scale = image_sizes(opt.img_size, opt.multi_scale, opt.recipe)
+    world, epochs = info.world_size, opt.epochs
     stop = StopRequest(opt.stop_after_batches)
 
     # Data. Label problems surface here, before any training.
@@ -452,11 +483,12 @@ def train(
     nc = 1 if opt.single_cls else data_nc
     names = ["item"] if opt.single_cls and len(data["names"]) != 1 else list(data["names"])
     loss_hyp = derive_loss_hyp(hyp, nc)
-    load_size = multi_scale_range(train_size)[1] if opt.multi_scale else train_size  # as the reference
-    dataset = LoadImagesAndLabels(data["train"], load_size, opt.batch_size, augment=True, hyp=hyp, rect=opt.rect,
+    # images load at the largest training size; multi-scale batches are resized down to the drawn size
+    dataset = LoadImagesAndLabels(data["train"], hi, opt.batch_size, augment=True, hyp=hyp, rect=opt.rect,
                                   cache_images=opt.cache_images, single_cls=opt.single_cls, nc=data_nc, seed=opt.seed,
-                                  verbose=main_rank)
-    sampler = GlobalBatchSampler(dataset.n, opt.batch_size, world, info.rank, shuffle=not opt.rect, seed=opt.seed,
+                                  verbose=main_rank, reduced_decode=opt.reduced_decode)
+    batch_size = min(opt.batch_size, dataset.n)  # as the reference: a set smaller than a batch is one batch
+    sampler = GlobalBatchSampler(dataset.n, batch_size, world, info.rank, shuffle=not opt.rect, seed=opt.seed,
                                  batches=dataset.batch_indices() if opt.rect else None)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=opt.num_workers,
                                          collate_fn=LoadImagesAndLabels.collate_fn, pin_memory=device.type == "cuda",
@@ -464,16 +496,16 @@ def train(
     nb = len(sampler)
     testloader = None
     if main_rank:
-        testset = LoadImagesAndLabels(data["valid"], test_size, opt.batch_size, hyp=hyp, rect=True,
+        testset = LoadImagesAndLabels(data["valid"], test_size, batch_size, hyp=hyp, rect=True,
                                       cache_images=opt.cache_images, single_cls=opt.single_cls, nc=data_nc, pad=0.5)
-        testloader = torch.utils.data.DataLoader(testset, batch_size=opt.batch_size, num_workers=opt.num_workers,
+        testloader = torch.utils.data.DataLoader(testset, batch_size=batch_size, num_workers=opt.num_workers,
                                                  collate_fn=LoadImagesAndLabels.collate_fn,
                                                  pin_memory=device.type == "cuda", worker_init_fn=_worker_init,
                                                  persistent_workers=opt.num_workers > 0)
 
     # Model, initial weights, optimizer, EMA, AMP.
     # channels-last: the convolution kernels are faster in NHWC on CPU (oneDNN) and on CUDA tensor cores
-    model = Darknet(opt.cfg, img_size=(train_size, train_size), nc=nc, warn_unused=main_rank)
+    model = Darknet(opt.cfg, img_size=(hi, hi), nc=nc, warn_unused=main_rank)
     model = model.to(device, memory_format=CHANNELS_LAST)
     cfg_text = Path(opt.cfg).read_text()
     if ckpt is None:  # every rank loads (freezing must happen everywhere); DDP then broadcasts rank 0's weights
@@ -481,14 +513,20 @@ def train(
     else:
         if opt.transfer or opt.freeze_layers:
             freeze_non_output(model)
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt["model_raw"] if "model_raw" in ckpt else ckpt["model"])
     model.hyp, model.gr, model.names = loss_hyp, 1.0, names  # ultralytics-compatible attributes
     optimizer = build_optimizer(model, hyp, opt.adam)
-    ema = ModelEMA(model) if opt.ema and main_rank else None  # only rank 0 tests and saves; DDP keeps weights equal
+    recipe = Recipe(
+        name=opt.recipe, epochs=epochs, nb=nb, n_burn=burn_in_batches(nb, opt.recipe, opt.burn_in),
+        schedule=opt.schedule or ("cos" if opt.recipe == "2020" else "multistep"),
+        accumulate=opt.accumulate or (auto_accumulate(batch_size) if opt.recipe == "2020" else SEED_ACCUMULATE),
+        lr0=hyp["lr0"], momentum=hyp["momentum"], weight_decay=hyp["weight_decay"],
+    )  # fmt: skip
+    use_ema = opt.ema if opt.ema is not None else opt.recipe == "2020"
+    ema = ModelEMA(model) if use_ema and main_rank else None  # only rank 0 tests and saves; DDP keeps weights equal
     use_amp = device.type == "cuda" and not opt.no_amp or device.type == "cpu" and opt.bf16
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp and device.type == "cuda")
-    n_burn = burn_in_batches(nb, opt.burn_in)
 
     start_epoch, start_batch, best_fitness = 0, 0, 0.0
     mloss, mloss_n = torch.zeros(4), 0  # running means of (box, obj, cls, total) over this epoch's batches
@@ -498,9 +536,9 @@ def train(
         optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
-        if ema is not None and ckpt.get("ema") is not None:
-            ema.ema.load_state_dict(ckpt["ema"])
-            ema.updates = ckpt.get("ema_updates", 0)
+        if ema is not None and ckpt.get("ema_updates") is not None:
+            ema.ema.load_state_dict(ckpt["model"])  # a checkpoint's 'model' is the EMA when the run keeps one
+            ema.updates = ckpt["ema_updates"]
         if start_batch:
             mloss, mloss_n = ckpt["mloss"].clone(), ckpt["mloss_n"]
         restore_rank_state(model, ckpt, info, device)
@@ -525,17 +563,19 @@ def train(
         return make_checkpoint(
             epoch=epoch_done, best_fitness=best_fitness,
             training_results=results_file.read_text() if results_file.exists() else "",
-            model=raw_model, optimizer=optimizer, scaler=scaler,
-            scheduler=scheduler_state(epochs, opt.cos, hyp["lrf"], hyp["lr0"], n_burn, epoch_done + 1),
-            ema=ema, hyp=hyp, opt=opt_to_dict(opt), cfg_text=cfg_text, names=names, batch=batch,
+            model=raw_model if ema is None else ema.ema, model_raw=raw_model, optimizer=optimizer, scaler=scaler,
+            scheduler=recipe.describe(epoch_done + 1), ema_updates=None if ema is None else ema.updates,
+            hyp=hyp, opt=opt_to_dict(opt), cfg_text=cfg_text, names=names, batch=batch,
             ranks=rank_states, mloss=mloss.clone(), mloss_n=mloss_n,
         )  # fmt: skip
 
     if main_rank:
         print(format_hyp(hyp))
-        model_info(raw_model, img_size=train_size)
-        print(f"Image sizes {train_size} train, {test_size} test; {world} rank(s), global batch {opt.batch_size}, "
-              f"accumulate {accumulate}, {nb} batches per epoch, burn-in {n_burn} batches; "
+        model_info(raw_model, img_size=hi)
+        sizes = f"{lo}-{hi} (multi-scale)" if multi_scale else f"{hi}"
+        print(f"Image sizes {sizes} train, {test_size} test; {world} rank(s), global batch {batch_size}, "
+              f"accumulate {recipe.accumulate}, {nb} batches per epoch; recipe {recipe.name}: burn-in "
+              f"{recipe.n_burn} batches, {recipe.schedule} schedule, EMA {'on' if ema is not None else 'off'}; "
               f"{opt.num_workers} data workers; results in {save_dir}\nStarting training for {epochs} epochs...")
 
     tb = tensorboard_writer(save_dir) if main_rank else None
@@ -544,15 +584,13 @@ def train(
     stop.install()
     try:
         for epoch in range(start_epoch, epochs):
-            model.train()
-            freeze_bn_stats(model)
+            model.train()  # frozen layers too: their BatchNorm statistics follow the new data, as the reference
             dataset.set_epoch(epoch)
             sampler.set_epoch(epoch)
             first = start_batch if epoch == start_epoch else 0
             sampler.set_start(first)
             if first == 0:
                 mloss, mloss_n = torch.zeros(4), 0
-            epoch_lr = hyp["lr0"] * lr_factor(epoch, epochs, opt.cos, hyp["lrf"])
             if main_rank:
                 print(("\n" + "%10s" * 8) % ("Epoch", "gpu_mem", "xy" if opt.xywh else "GIoU", "obj", "cls", "total",
                                              "targets", "img_size"))
@@ -561,14 +599,14 @@ def train(
             for i, (imgs, targets, paths, _) in pbar:
                 stop.count_batch()
                 ni = i + nb * epoch  # integrated batch index
-                lr_mult, gr = burn_in_factors(ni, n_burn)
-                set_lr(optimizer, epoch_lr * lr_mult)
+                settings = recipe.settings(ni)  # burn-in ramps and the epoch's lr, a pure function of ni
+                apply_batch_settings(optimizer, settings.lr, settings.weight_decay, settings.momentum)
                 imgs = imgs.to(device, non_blocking=True).float() / 255.0
                 targets = targets.to(device)
-                if opt.multi_scale:
-                    imgs = resize_batch(imgs, multi_scale_size(train_size, ni, accumulate, opt.seed))
+                if multi_scale:
+                    imgs = resize_batch(imgs, recipe.multi_scale_size(ni, lo, hi, opt.seed, GS))
                 imgs = imgs.contiguous(memory_format=CHANNELS_LAST)
-                stepping = (i + 1) % accumulate == 0 or i + 1 == nb
+                stepping = recipe.steps_after(ni)
                 # DDP: skip the gradient all-reduce on batches that only accumulate (forward must be inside too)
                 sync = model.no_sync() if info.distributed and not stepping else contextlib.nullcontext()
                 with sync:
@@ -577,7 +615,8 @@ def train(
                     pred = [p.float() for p in pred]  # the loss in float32 whatever the autocast dtype
                     denominators = all_reduce_sum(loss_counts(pred, targets, raw_model, loss_hyp), info) \
                         if info.distributed else None
-                    loss, loss_items = compute_loss(pred, targets, raw_model, hyp=loss_hyp, gr=gr, xywh=opt.xywh,
+                    loss, loss_items = compute_loss(pred, targets, raw_model, hyp=loss_hyp, gr=settings.gr,
+                                                    xywh=opt.xywh,
                                                     denominators=denominators)
                     # one collective for the global loss items, target count and any rank's stop request
                     shared = all_reduce_sum(torch.cat([loss_items, loss_items.new_tensor(
@@ -590,7 +629,7 @@ def train(
                             f"non-finite loss at epoch {epoch} batch {i}: box, obj, cls, total = "
                             f"{loss_items.tolist()}; images of this batch:\n  " + "\n  ".join(paths)
                             + f"\nstate before this batch saved to {wdir / 'emergency.pt'} ({last} untouched)")
-                    loss = loss * (opt.batch_size / 64) * world  # nominal batch 64; DDP averages over ranks
+                    loss = loss * (batch_size / NOMINAL_BATCH) * world  # hyp evolved at bs 64; DDP averages ranks
                     scaler.scale(loss).backward()
                 if stepping:
                     scaler.step(optimizer)
@@ -621,10 +660,11 @@ def train(
             if main_rank:
                 if not opt.notest or final:
                     results, _maps = evaluation.test(
-                        opt.cfg, opt.data, batch_size=opt.batch_size, img_size=test_size,
+                        opt.cfg, opt.data, batch_size=batch_size, img_size=test_size,
                         model=ema.ema if ema is not None else raw_model, dataloader=testloader,
                         conf_thres=0.001, iou_thres=0.6, single_cls=opt.single_cls, save_dir=save_dir,
-                        names=names, hyp=loss_hyp, plots=epoch == start_epoch, multi_label=ni > n_burn,
+                        names=names, hyp=loss_hyp, plots=epoch == start_epoch or final,
+                        multi_label=ni > recipe.n_burn,
                     )  # fmt: skip
                     results = tuple(float(x) for x in results)
                 with results_file.open("a") as f:
@@ -640,8 +680,9 @@ def train(
             # with --nosave, saves last.pt so that the run can be resumed)
             stop_any = all_reduce_sum(torch.tensor([float(stop.requested)]), info).item() > 0
             if not opt.nosave or final or stop_any:
-                # taken after the test: iterating its DataLoader draws from rank 0's torch RNG
-                states = gather_rank_states({"rng": rng_state(), "grads": None}, info)
+                # taken after the test: iterating its DataLoader draws from rank 0's torch RNG; the 2020 recipe
+                # accumulates across epoch ends, so gradients may be pending here too
+                states = gather_rank_states({"rng": rng_state(), "grads": gradient_state(raw_model)}, info)
                 if main_rank:
                     ckpt_now = snapshot(epoch, 0, states)
                     atomic_save(ckpt_now, last)

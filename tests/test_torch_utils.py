@@ -134,5 +134,22 @@ def test_build_optimizer_groups_follow_the_reference():
     assert all(n.endswith("Conv2d.weight") for n in groups[1]) and "module_list.0.Conv2d.weight" not in groups[1]
     assert all(n.endswith(".bias") for n in groups[2]) and "module_list.15.Conv2d.bias" in groups[2]
     assert [g["weight_decay"] for g in opt.param_groups] == [0.0, DEFAULT_HYP["weight_decay"], 0.0]
+    assert [g["name"] for g in opt.param_groups] == ["other", "conv", "bias"]
     assert isinstance(opt, torch.optim.SGD) and opt.defaults["nesterov"]
-    assert isinstance(build_optimizer(model, DEFAULT_HYP, adam=True), torch.optim.Adam)
+    adam = build_optimizer(model, DEFAULT_HYP, adam=True)
+    assert isinstance(adam, torch.optim.Adam) and adam.defaults["betas"] == (0.9, 0.999)  # PyTorch's, as the reference
+
+
+def test_apply_batch_settings_sets_each_named_group():
+    from models import Darknet
+    from utils.hyp import DEFAULT_HYP
+    from utils.torch_utils import apply_batch_settings, build_optimizer
+
+    model = Darknet(Path(__file__).resolve().parents[1] / "cfg" / "yolov3-tiny.cfg", nc=3)
+    for adam in (False, True):
+        opt = build_optimizer(model, DEFAULT_HYP, adam=adam)
+        apply_batch_settings(opt, {"other": 0.1, "conv": 0.2, "bias": 0.3}, {"other": 0.0, "conv": 4e-4, "bias": 0.0},
+                             0.91)  # fmt: skip
+        assert [(g["lr"], g["weight_decay"]) for g in opt.param_groups] == [(0.1, 0.0), (0.2, 4e-4), (0.3, 0.0)]
+        assert all(g.get("momentum", 0.91) == 0.91 for g in opt.param_groups)
+        assert adam == ("momentum" not in opt.param_groups[0])

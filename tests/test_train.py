@@ -17,14 +17,14 @@ import torch
 import torch.multiprocessing as mp
 
 import train
-from models import Darknet
+from models import Darknet, save_weights
 from utils.checkpoint import atomic_save, load_checkpoint, make_checkpoint, rng_state
 from utils.distributed import DistInfo, cleanup_distributed, setup_distributed
 from utils.hyp import load_hyp
 from utils.shapes import make_shapes_dataset
 
 CHECKPOINT_KEYS = {
-    "epoch", "best_fitness", "training_results", "model", "optimizer", "scheduler", "scaler", "ema",
+    "epoch", "best_fitness", "training_results", "model", "model_raw", "optimizer", "scheduler", "scaler",
     "ema_updates", "hyp", "opt", "cfg_text", "names", "rng", "batch", "versions", "format_version",
     "ranks", "mloss", "mloss_n",
 }  # fmt: skip
@@ -70,7 +70,9 @@ def test_one_epoch_writes_results_checkpoint_and_plots(tiny_data, tmp_path):
     assert ckpt["training_results"] == (run / "results.txt").read_text()
     assert ckpt["names"] == ["circle", "square", "triangle"]
     assert ckpt["opt"]["img_size"] == [64] and ckpt["hyp"]["giou"] == pytest.approx(3.54)
-    assert ckpt["scheduler"]["kind"] == "multistep"
+    assert ckpt["scheduler"]["kind"] == "cos" and ckpt["scheduler"]["recipe"] == "2020"
+    assert ckpt["ema_updates"] == 2  # the default keeps an EMA: 'model' holds it, 'model_raw' the trained weights
+    assert any(not torch.equal(ckpt["model"][k], ckpt["model_raw"][k]) for k in ckpt["model"])
     assert all(v.dtype != torch.float16 for v in ckpt["model"].values())
     for f in ("hyp.yaml", "opt.yaml", "labels.png", "train_batch0.jpg", "results.png", "weights/best.pt"):
         assert (run / f).is_file(), f
@@ -84,14 +86,15 @@ def test_one_epoch_writes_results_checkpoint_and_plots(tiny_data, tmp_path):
 
 @pytest.mark.slow
 def test_other_options_run(tiny_data, tmp_path):
-    """Adam, cosine schedule, rect batches, single class, the seed's xywh loss, cached images, CPU bf16 autocast,
-    EMA and an explicit burn-in together for two epochs."""
-    extra = ("--adam", "--cos", "--rect", "--single-cls", "--xywh", "--cache-images", "--bf16", "--ema",
-             "--burn-in", "3", "--epochs", "2", "--notest")  # fmt: skip
+    """Adam, MultiStep schedule, rect batches, single class, the seed's xywh loss, cached images, CPU bf16 autocast,
+    no EMA and an explicit burn-in together for two epochs."""
+    extra = ("--adam", "--schedule", "multistep", "--rect", "--single-cls", "--xywh", "--cache-images", "--bf16",
+             "--no-ema", "--burn-in", "3", "--epochs", "2", "--notest")  # fmt: skip
     assert train.main(tiny_args(tiny_data, tmp_path, "opts", *extra)) == 0
     ckpt = load_checkpoint(tmp_path / "opts" / "weights" / "last.pt")
-    assert ckpt["scheduler"]["kind"] == "cosine" and ckpt["names"] == ["item"]
-    assert ckpt["ema"] is not None and ckpt["ema_updates"] == 4
+    assert ckpt["scheduler"]["kind"] == "multistep" and ckpt["names"] == ["item"]
+    assert ckpt["ema_updates"] is None  # no EMA: 'model' is the trained weights
+    assert all(torch.equal(ckpt["model"][k], ckpt["model_raw"][k]) for k in ckpt["model"])
     assert "exp_avg" in next(iter(ckpt["optimizer"]["state"].values()))  # Adam's state
     assert ckpt["model"]["module_list.15.Conv2d.weight"].shape[0] == 3 * (5 + 1)
 
@@ -183,14 +186,70 @@ def test_transfer_from_80_classes_changes_only_output_layers(tiny_data, tmp_path
     args = tiny_args(tiny_data, tmp_path, "transfer", "--transfer", "--notest")
     args[args.index("--weights") + 1] = str(tmp_path / "coco80.pt")
     assert train.main(args) == 0
-    out = load_checkpoint(tmp_path / "transfer" / "weights" / "last.pt")["model"]
+    out = load_checkpoint(tmp_path / "transfer" / "weights" / "last.pt")["model_raw"]
     heads = tuple(f"module_list.{i}." for i in train.output_layer_indices(donor))
     assert heads == ("module_list.15.", "module_list.22.")
+    params = {n for n, _ in donor.named_parameters()}
     for k, v in out.items():
         if k.startswith(heads):
             assert v.shape[0] == 3 * (5 + 3), k  # re-initialised for 3 classes and trained
-        else:
+        elif k in params:
             assert torch.equal(v, src[k]), f"{k} changed although frozen"
+    # frozen layers keep BatchNorm in train mode, as the reference: their running statistics follow the new data
+    assert not torch.equal(out["module_list.0.BatchNorm2d.running_mean"], src["module_list.0.BatchNorm2d.running_mean"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["pt", "weights"])
+def test_weights_of_80_classes_fine_tune_every_layer(tiny_data, tmp_path, capsys, fmt):
+    """--weights with an 80-class .pt or Darknet .weights onto a 3-class set: every tensor but the output convs
+    loads bit for bit, one line says so, and one optimizer step moves every parameter (all layers train)."""
+    torch.manual_seed(1)
+    donor = Darknet(train.REPO / "cfg" / "yolov3-tiny.cfg")  # 80 classes
+    src = {k: v.clone() for k, v in donor.state_dict().items()}
+    path = tmp_path / f"coco80.{fmt}"
+    if fmt == "pt":
+        torch.save({"model": src}, path)
+    else:
+        save_weights(donor, path)
+    opt = train.parse_opt(tiny_args(tiny_data, tmp_path, "ft", "--weights", str(path)))
+    model = Darknet(opt.cfg, nc=3)
+    train.load_initial_weights(model, opt, tmp_path)
+    line = capsys.readouterr().out
+    assert f"Loaded 55 of 59 tensors from {path}" in line and "4 start fresh (layers 15, 22" in line
+    assert "training all layers" in line
+    heads = ("module_list.15.", "module_list.22.")
+    for k, v in model.state_dict().items():
+        if not k.startswith(heads) and not k.endswith("num_batches_tracked"):
+            assert torch.equal(v, src[k]), k
+    assert all(p.requires_grad for p in model.parameters())
+
+    args = tiny_args(tiny_data, tmp_path, "ft", "--weights", str(path), "--notest", "--burn-in", "0", "--no-ema")
+    assert train.main(args) == 0
+    out = load_checkpoint(tmp_path / "ft" / "weights" / "last.pt")["model_raw"]
+    frozen = [n for n, _ in donor.named_parameters() if not n.startswith(heads) and torch.equal(out[n], src[n])]
+    assert not frozen, f"{len(frozen)} parameters did not train, e.g. {frozen[:3]}"
+
+
+@pytest.mark.slow
+def test_checkpoint_model_is_the_ema_that_was_tested(tiny_data, tmp_path, monkeypatch):
+    """best.pt and last.pt hold in 'model' exactly the weights the epoch's test scored (the EMA)."""
+    tested = []
+    real_test = train.evaluation.test
+
+    def spy(*args, **kwargs):
+        tested.append({k: v.clone() for k, v in kwargs["model"].state_dict().items()})
+        return real_test(*args, **kwargs)
+
+    monkeypatch.setattr(train.evaluation, "test", spy)
+    assert train.main(tiny_args(tiny_data, tmp_path, "ema", "--epochs", "2")) == 0
+    assert len(tested) == 2
+    for name in ("last.pt", "best.pt"):
+        ckpt = load_checkpoint(tmp_path / "ema" / "weights" / name)
+        scored = tested[ckpt["epoch"]]
+        assert ckpt["ema_updates"] > 0
+        assert all(torch.equal(ckpt["model"][k], scored[k]) for k in scored), name
+        assert any(not torch.equal(ckpt["model_raw"][k], scored[k]) for k in scored), name
 
 
 @pytest.mark.slow

@@ -13,8 +13,8 @@ FLAGS = (
     "--epochs", "--batch-size", "--accumulate", "--cfg", "--data-cfg", "--data", "--multi-scale", "--img-size",
     "--rect", "--resume", "--transfer", "--num-workers", "--nosave", "--notest", "--xywh", "--evolve", "--bucket",
     "--var", "--weights", "--device", "--adam", "--cache-images", "--single-cls", "--name", "--freeze-layers",
-    "--hyp", "--seed", "--deterministic", "--burn-in", "--cos", "--no-amp", "--bf16", "--ema", "--sync-bn",
-    "--project",
+    "--hyp", "--seed", "--deterministic", "--burn-in", "--schedule", "--recipe", "--no-amp", "--bf16", "--ema",
+    "--no-ema", "--sync-bn", "--project", "--reduced-decode",
 )  # fmt: skip
 
 
@@ -43,7 +43,8 @@ def test_help_runs_as_a_program(repo_root):
 
 def test_defaults():
     opt = train.parse_opt([])
-    assert (opt.epochs, opt.batch_size, opt.accumulate, opt.img_size) == (100, 16, 4, [416])
+    assert (opt.epochs, opt.batch_size, opt.accumulate, opt.img_size) == (100, 16, None, [416])
+    assert (opt.recipe, opt.schedule, opt.ema, opt.burn_in, opt.reduced_decode) == ("2020", None, None, None, False)
     assert opt.cfg.endswith("cfg/yolov3-spp.cfg") and opt.data.endswith("data/shapes.data")
     assert opt.weights is None and opt.evolve is None and opt.seed == 0 and opt.explicit == []
 
@@ -57,6 +58,22 @@ def test_data_alias_and_explicit_flags(tmp_path):
     assert a.explicit == ["data", "epochs"]
 
 
+@pytest.mark.parametrize(
+    ("sizes", "multi_scale", "recipe", "expected"),
+    [
+        ([416], False, "2020", (416, 416, 416, False)),
+        ([416], True, "2020", (256, 608, 416, True)),  # the reference's 416 // 1.5 .. 416 // 0.667, floored to 32
+        ([320], True, "2020", (192, 448, 320, True)),
+        ([416], True, "2019", (288, 640, 416, True)),  # the seed's range
+        ([320, 640], False, "2020", (320, 640, 640, True)),  # MIN MAX: multi-scale, tested at MAX
+        ([320, 640, 416], False, "2020", (320, 640, 416, True)),
+        ([416, 416, 320], False, "2020", (416, 416, 320, False)),
+    ],
+)
+def test_image_sizes_read_like_the_reference(sizes, multi_scale, recipe, expected):
+    assert train.image_sizes(sizes, multi_scale, recipe) == expected
+
+
 def test_evolve_bare_means_300():
     assert train.parse_opt(["--evolve"]).evolve == 300
     assert train.parse_opt(["--evolve", "2"]).evolve == 2
@@ -67,7 +84,10 @@ def test_evolve_bare_means_300():
     [
         (["--img-size", "300"], "use 288"),
         (["--img-size", "320", "330"], "use 320"),
-        (["--img-size", "320", "320", "320"], "one or two values"),
+        (["--img-size", "320", "320", "320", "320"], "one to three values"),
+        (["--img-size", "608", "320"], "MIN is larger than MAX"),
+        (["--recipe", "2018"], "invalid choice"),
+        (["--schedule", "linear"], "invalid choice"),
         (["--resume", "--transfer"], "--resume cannot be combined"),
         (["--resume", "--evolve", "3"], "--resume cannot be combined"),
         (["--rect", "--multi-scale"], "contradict"),

@@ -10,12 +10,13 @@ key                 content
 epoch               int, the last completed epoch (-1 before the first one ends)
 best_fitness        float, best fitness so far (``utils.metrics.fitness``)
 training_results    str, the text of results.txt so far
-model               state_dict of the raw (not EMA, DDP-unwrapped) model
+model               state_dict of the weights that were tested and scored: the EMA when the run keeps one
+                    (the default, as the reference stores it), else the raw weights; DDP-unwrapped
+model_raw           state_dict of the raw (trained, not averaged) weights, for exact resume
 optimizer           optimizer state_dict (None when the run saves weights only)
-scheduler           lr scheduler state_dict or None
+scheduler           a description of the schedule (``utils.schedule.Recipe.describe``) or None
 scaler              AMP GradScaler state_dict or None
-ema                 state_dict of the EMA model or None
-ema_updates         int, ``ModelEMA.updates`` (its decay ramp depends on it)
+ema_updates         int, ``ModelEMA.updates`` (its decay ramp depends on it), or None without EMA
 hyp                 dict, the hyperparameters as given (not the derived loss values)
 opt                 dict, the command-line options (``vars(args)``)
 cfg_text            str, the model .cfg file text
@@ -61,17 +62,17 @@ __all__ = [
 
 LOGGER = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: 'model' is the EMA (when kept) and 'model_raw' the raw weights; 1 had 'model' raw + 'ema'
 
 _RESERVED = (
     "epoch",
     "best_fitness",
     "training_results",
     "model",
+    "model_raw",
     "optimizer",
     "scheduler",
     "scaler",
-    "ema",
     "ema_updates",
     "hyp",
     "opt",
@@ -206,10 +207,10 @@ def make_checkpoint(
     best_fitness: float,
     training_results: str,
     model: torch.nn.Module | dict[str, torch.Tensor],
+    model_raw: torch.nn.Module | dict[str, torch.Tensor] | None = None,
     optimizer: Any = None,
     scheduler: Any = None,
     scaler: Any = None,
-    ema: Any = None,
     ema_updates: int | None = None,
     hyp: dict[str, float] | None = None,
     opt: Any = None,
@@ -221,20 +222,15 @@ def make_checkpoint(
 ) -> dict[str, Any]:
     """Assemble the checkpoint dict described in the module docstring.
 
-    ``model``, ``optimizer``, ``scheduler`` and ``scaler`` may be objects (their ``state_dict()`` is taken; a
-    DDP/DP wrapper is unwrapped) or state dicts. ``ema`` may be a ``ModelEMA`` (its ``.ema`` state and
-    ``.updates`` are taken unless ``ema_updates`` is given) or a state dict. ``opt`` may be an
-    ``argparse.Namespace`` or a dict. ``rng`` defaults to ``rng_state()`` taken now. Extra keyword fields
-    are stored as given.
+    ``model`` (the scored weights: the EMA model when there is one), ``model_raw`` (the trained weights; defaults
+    to ``model``), ``optimizer``, ``scheduler`` and ``scaler`` may be objects (their ``state_dict()`` is taken; a
+    DDP/DP wrapper is unwrapped) or state dicts. ``opt`` may be an ``argparse.Namespace`` or a dict. ``rng``
+    defaults to ``rng_state()`` taken now. Extra keyword fields are stored as given.
 
     The tensors are referenced, not copied: save the dict before training continues.
     """
     if not isinstance(batch, int) or batch < 0:
         raise ValueError(f"batch must be a non-negative int (next batch index in the epoch), got {batch!r}")
-    if ema is not None and not isinstance(ema, dict) and hasattr(ema, "ema"):
-        if ema_updates is None:
-            ema_updates = int(getattr(ema, "updates", 0))
-        ema = ema.ema
     if opt is not None and not isinstance(opt, dict):
         opt = dict(vars(opt))
     ckpt: dict[str, Any] = {
@@ -242,11 +238,11 @@ def make_checkpoint(
         "best_fitness": float(best_fitness),
         "training_results": training_results,
         "model": _state(model),
+        "model_raw": _state(model if model_raw is None else model_raw),
         "optimizer": _state(optimizer),
         "scheduler": _state(scheduler),
         "scaler": _state(scaler),
-        "ema": _state(ema),
-        "ema_updates": int(ema_updates or 0),
+        "ema_updates": None if ema_updates is None else int(ema_updates),
         "hyp": dict(hyp) if hyp is not None else None,
         "opt": opt,
         "cfg_text": cfg_text,

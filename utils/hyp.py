@@ -14,7 +14,7 @@ obj          objectness loss gain
 obj_pw       BCEWithLogits positive weight of the objectness loss
 iou_t        anchor-target IoU threshold of ``build_targets`` (width/height IoU)
 lr0          initial learning rate (SGD; Adam users usually lower it)
-lrf          final learning rate as a fraction of lr0 (``--cos`` schedule)
+lrf          kept for hyp files; unused, as in the reference (the cosine ends at 0.05 * lr0)
 momentum     SGD momentum (Nesterov) / Adam beta1
 weight_decay optimizer weight decay, conv weights only
 fl_gamma     focal loss gamma; 0 disables focal loss
@@ -165,7 +165,7 @@ HYP_GAINS: dict[str, float] = {
 }
 """Per-key mutation gains for ``--evolve`` (scale of the multiplicative Gaussian; 0 = not evolved).
 
-``lrf`` only matters with ``--cos`` and ``fl_gamma`` switches the loss type, so neither is evolved by default;
+``lrf`` is not used and ``fl_gamma`` switches the loss type, so neither is evolved by default;
 momentum moves ten times less because small changes near 1 matter a lot. ``xy``/``wh`` are only used with
 ``--xywh``: a trainer evolving with ``--xywh`` should pass ``{**HYP_GAINS, 'xy': 1.0, 'wh': 1.0}``.
 Multiplicative mutation cannot move a value that is 0 (degrees, translate, scale, shear by default)."""

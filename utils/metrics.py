@@ -12,7 +12,7 @@ import torch
 from utils.boxes import box_iou
 
 # Weights of (P, R, mAP@0.5, mAP@0.5:0.95, F1) in the fitness score: the seed's mAP@0.5 and F1 combination.
-FITNESS_WEIGHTS = np.array([0.0, 0.0, 0.5, 0.0, 0.5])
+FITNESS_WEIGHTS = np.array([0.0, 0.01, 0.99, 0.0, 0.0])  # the reference's: 0.01 R + 0.99 mAP@0.5
 
 
 def compute_ap(recall: np.ndarray, precision: np.ndarray) -> float:
@@ -118,7 +118,8 @@ def match_predictions(pred: torch.Tensor, labels: torch.Tensor, iouv: torch.Tens
 
 
 def fitness(x: np.ndarray) -> np.ndarray | float:
-    """Model fitness ``0.5 * mAP@0.5 + 0.5 * F1`` of results rows (n, >=5) or one row (>=5,).
+    """Model fitness ``0.01 * R + 0.99 * mAP@0.5`` (the reference's, for best.pt and --evolve) of results rows
+    (n, >=5) or one row (>=5,).
 
     Columns are in results order (P, R, mAP@0.5, mAP@0.5:0.95, F1, ...); weights in ``FITNESS_WEIGHTS``.
     Returns (n,) for 2-D input, a float for 1-D input.

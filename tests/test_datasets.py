@@ -587,6 +587,7 @@ def test_augmentation_drops_counts_boxes_too_small_at_the_image_size():
     assert augmentation_drops(labels, np.array([[640, 480]]), 416) == 2
     assert augmentation_drops(labels, np.array([[640, 480]]), 64) == 2  # the second: 32 x 24 px
     assert augmentation_drops(labels, np.array([[640, 480]]), 10) == 3  # the second: 5 x 3.75 px
+    assert augmentation_drops(labels, np.array([[0, 0]]), 416) == 0  # an undecodable image: reported elsewhere
 
 
 # ------------------------------------------------------------------------------------------- label cache (issue 14)
@@ -635,6 +636,7 @@ def test_unreadable_cache_is_rebuilt_with_one_warning_naming_it(tmp_path, caplog
         ds = LoadImagesAndLabels(tmp_path / "images" / "train", img_size=64, nc=2)
     records = [r for r in caplog.records if "label cache" in r.getMessage()]
     assert len(records) == 1 and str(cache) in records[0].getMessage() and "rebuilding" in records[0].getMessage()
+    assert "\n" not in records[0].getMessage()
     assert "from cache" not in capsys.readouterr().out
     np.testing.assert_allclose(ds.labels[1], [[1, 0.3, 0.3, 0.2, 0.2]])
     if damage != "directory":

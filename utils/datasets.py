@@ -150,8 +150,9 @@ def _resolve_list_entry(entry: str, list_file: Path, cwd: Path) -> tuple[str | N
         places = [list_file.parent / p, cwd / p]
     else:
         places = [cwd / p, list_file.parent / p]
+    places = list(dict.fromkeys(Path(os.path.abspath(c)) for c in places))  # one place when cwd is the list's folder
     found = next((c for c in places if c.is_file()), None)
-    return (None if found is None else os.path.abspath(found)), places
+    return (None if found is None else str(found)), places
 
 
 def collect_image_files(
@@ -193,7 +194,7 @@ def collect_image_files(
                 if found is not None:
                     files.append(found)
                     continue
-                tried = " and ".join(os.path.abspath(c) for c in places)
+                tried = " and ".join(str(c) for c in places)
                 problems.append(Problem("image not found", f"{p}:{line_no}", (
                     f"{p}:{line_no}: image {entry} not found (looked at {tried}); fix: correct the entry (relative "
                     "entries resolve against the working directory, then the list's folder) or remove the line")))
@@ -514,7 +515,8 @@ def load_cache(
         labels = np.split(flat.astype(np.float32), np.cumsum(counts)[:-1]) if m else []
         return list(labels), shapes, orientation, report, missing
     except Exception as e:  # noqa: BLE001 - the cache is derived data: any failure to read it means "rebuild"
-        LOGGER.warning("label cache %s is unreadable (%s: %s); rebuilding it", cache_path, type(e).__name__, e)
+        reason = " ".join(str(e).split())[:200]  # one line, whatever the exception says
+        LOGGER.warning("label cache %s is unreadable (%s: %s); rebuilding it", cache_path, type(e).__name__, reason)
         return None
 
 
@@ -1237,7 +1239,7 @@ def augmentation_drops(labels: Sequence[np.ndarray], shapes_wh: np.ndarray, img_
     """
     n = 0
     for x, (w0, h0) in zip(labels, np.asarray(shapes_wh).reshape(-1, 2)):
-        if not len(x):
+        if not len(x) or min(w0, h0) <= 0:  # no boxes, or an image that could not be read (a problem already)
             continue
         r = img_size / max(int(w0), int(h0), 1)
         w, h = x[:, 3] * w0 * r, x[:, 4] * h0 * r
@@ -1285,8 +1287,8 @@ def check(
         print(f"{split}: {len(scan.img_files)} images, {n_boxes} boxes")
         dropped = augmentation_drops(scan.labels, scan.shapes, img_size)
         if dropped:
-            print(f"{split}: {dropped} boxes are at most {KEEP_MIN_WH} px wide or high (or thinner than 1:"
-                  f"{KEEP_MAX_AR}) at --img-size {img_size}: training augmentation drops them")
+            print(f"{split}: {dropped} box{'es are' if dropped != 1 else ' is'} at most {KEEP_MIN_WH} px wide or high "
+                  f"(or thinner than 1:{KEEP_MAX_AR}) at --img-size {img_size}: training augmentation drops them")
         print(class_table(scan.labels, cfg["names"]))
         if plot and split == "train" and scan.labels:
             from utils.plots import plot_labels  # matplotlib only when a picture is asked for

@@ -271,7 +271,10 @@ def read_coco(
         except (KeyError, TypeError, ValueError):
             errors.append(f"{path}: image entry {im!r:.80} lacks an integer 'id' or a 'file_name'")
             continue
-        size = (int(im["width"]), int(im["height"])) if "width" in im and "height" in im else None
+        try:
+            size = (int(im["width"]), int(im["height"]))
+        except (KeyError, TypeError, ValueError):
+            size = None  # the image's own size is used anyway; the warning will say the json gave none
         src = images_dir / file_name
         ids = (file_name, Path(file_name).name, Path(file_name).stem, str(iid))
         records[iid] = Record(src, f"{path} image {iid} ({file_name})", ids, size, split=split)
@@ -879,7 +882,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             convert_coco(args.json, args.images, args.out, valid_json=args.valid_json,
                          valid_images_dir=args.valid_images, **common)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, OSError) as e:  # OSError: missing inputs, files in the way, an unwritable output folder
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -11,7 +11,9 @@ import math
 import os
 import pickle
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -227,6 +229,10 @@ class Darknet(nn.Module):
         verbose: print the model summary.
         nc: adapt the cfg to ``nc`` classes (``[yolo]`` classes and the filters of the convs feeding them), so a
             COCO cfg trains on any dataset without editing it. None keeps the cfg's classes.
+        warn_unused: log one warning naming the ``[net]`` values the user wrote that the trainer does not use
+            (``utils.parse_config.unused_net_values``; never for a shipped cfg's own values).
+        net_used: what the trainer uses for each ``[net]`` key (``utils.parse_config.net_values_used``), so a
+            written value equal to it is not reported.
 
     Attributes: ``module_defs`` (blocks without [net]), ``net_def`` ([net] block), ``module_list``, ``routs``,
     ``yolo_layers`` (indices into module_list), ``nc``, ``version`` (int32 (3,)) and ``seen`` (int64 (1,)) of the
@@ -240,10 +246,11 @@ class Darknet(nn.Module):
         verbose: bool = False,
         nc: int | None = None,
         warn_unused: bool = False,
+        net_used: Mapping[str, tuple[Any, str]] | None = None,
     ):
         super().__init__()
-        # Only the trainer asks for the warning about [net] keys it overrides; inference has nothing to override.
-        blocks = parse_model_cfg(cfg, nc=nc, warn=warn_unused)
+        # Only the trainer asks for the warning about [net] values it overrides; inference has nothing to override.
+        blocks = parse_model_cfg(cfg, nc=nc, warn=warn_unused, net_used=net_used)
         self.cfg = str(cfg)
         self.cfg_text = Path(cfg).read_text()
         self.net_def = blocks[0]

@@ -9,7 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from utils.parse_config import NET_KEYS_OVERRIDDEN, adapt_nc, parse_data_cfg, parse_model_cfg
+from models import Darknet
+from utils.hyp import DEFAULT_HYP
+from utils.parse_config import (
+    NET_KEYS_OVERRIDDEN,
+    SHIPPED_NET,
+    adapt_nc,
+    net_values_used,
+    parse_data_cfg,
+    parse_model_cfg,
+    unused_net_values,
+)
 
 CFGS = ("yolov3", "yolov3-spp", "yolov3-tiny")
 
@@ -71,18 +81,79 @@ def test_conv_defaults(tmp_path):
                     "size": 1, "activation": "linear"}  # fmt: skip
 
 
-def test_single_warning_lists_overridden_net_keys(repo_root, caplog):
+def _net_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "utils.parse_config" and "[net]" in r.getMessage()]
+
+
+TRAINER_DEFAULTS = {"batch_size": 16, "accumulate": 4, "img_size": 416, "hyp": DEFAULT_HYP, "burn_in": 1000}
+
+
+@pytest.mark.parametrize("name", CFGS)
+def test_no_net_warning_for_a_shipped_cfg(repo_root, caplog, name):
+    """Issue 14: the shipped cfgs' own [net] values are Darknet's, not the user's: no warning on every run."""
     with caplog.at_level(logging.WARNING, logger="utils.parse_config"):
-        parse_model_cfg(repo_root / "cfg" / "yolov3-tiny.cfg")
-    records = [r for r in caplog.records if r.name == "utils.parse_config"]
-    assert len(records) == 1 and records[0].levelno == logging.WARNING
-    for key in NET_KEYS_OVERRIDDEN:
-        assert key in records[0].getMessage()
-    assert "channels" not in records[0].getMessage().split("read but")[0]
-    caplog.clear()
+        parse_model_cfg(repo_root / "cfg" / f"{name}.cfg", net_used=net_values_used(**TRAINER_DEFAULTS))
+        parse_model_cfg(repo_root / "cfg" / f"{name}.cfg")  # without the trainer's values too
+    assert _net_warnings(caplog) == []
+
+
+def test_shipped_net_values_are_the_cfgs(repo_root):
+    for name in CFGS:
+        net = parse_model_cfg(repo_root / "cfg" / f"{name}.cfg", warn=False)[0]
+        assert {k: net[k] for k in NET_KEYS_OVERRIDDEN} == SHIPPED_NET[name]
+
+
+def _custom_cfg(tiny_text: str, tmp_path: Path, **values) -> tuple[Path, dict[str, int]]:
+    """yolov3-tiny.cfg with [net] values replaced; returns the file and each replaced key's line number."""
+    lines = tiny_text.splitlines()
+    where = {}
+    for i, line in enumerate(lines):
+        key = line.split("=")[0].strip()
+        if key in values and "=" in line:
+            lines[i] = f"{key}={values[key]}"
+            where[key] = i + 1
+    path = tmp_path / "custom.cfg"
+    path.write_text("\n".join(lines) + "\n")
+    return path, where
+
+
+def test_net_warning_names_only_user_values_the_trainer_does_not_use(tiny_text, tmp_path, caplog):
+    path, line = _custom_cfg(tiny_text, tmp_path, learning_rate=0.002, subdivisions=8, width=320, height=320,
+                             max_batches=6000, momentum=0.937, hue=0.1)  # fmt: skip
+    used = net_values_used(**{**TRAINER_DEFAULTS, "img_size": 320})
     with caplog.at_level(logging.WARNING, logger="utils.parse_config"):
-        parse_model_cfg(repo_root / "cfg" / "yolov3-tiny.cfg", warn=False)
-    assert not caplog.records
+        parse_model_cfg(path, net_used=used)
+    (msg,) = _net_warnings(caplog)
+    assert f"learning_rate=0.002 (line {line['learning_rate']}; the trainer uses hyp lr0=0.01)" in msg
+    assert f"subdivisions=8 (line {line['subdivisions']}; the trainer uses --accumulate 4)" in msg
+    assert f"max_batches=6000 (line {line['max_batches']}; the trainer uses --epochs)" in msg
+    for quiet in ("width", "height", "momentum", "hue", "batch", "burn_in", "steps"):  # equal to the trainer's
+        assert f"{quiet}=" not in msg  # or the shipped value (hue, batch, burn_in, steps)
+
+
+def test_unused_net_values_compares_with_the_trainer_and_the_nearest_shipped_block():
+    used = net_values_used(**TRAINER_DEFAULTS)
+    net = {**SHIPPED_NET["yolov3-tiny"], "subdivisions": 8, "width": 512}
+    assert [k for k, *_ in unused_net_values(net, used)] == ["subdivisions", "width"]
+    assert unused_net_values({**net, "subdivisions": 4, "width": 416}, used) == []  # the trainer's own values
+    # tiny with yolov3's subdivisions and width is nearer to yolov3's block (one key differs: height), and 416 is
+    # what the trainer uses: values copied from a shipped cfg are not the user's
+    assert unused_net_values({**SHIPPED_NET["yolov3-tiny"], "subdivisions": 16, "width": 608}, used) == []
+    cos = net_values_used(**TRAINER_DEFAULTS, cos=True)
+    assert [k for k, *_ in unused_net_values({**SHIPPED_NET["yolov3"], "scales": [0.1, 0.1], "policy": "steps"},
+                                             cos)] == []  # shipped values, even though --cos replaces them
+    assert unused_net_values({"learning_rate": 0.01}, used) == []
+    assert unused_net_values({"learning_rate": 0.01}, None) == [("learning_rate", 0.01,
+                                                                 "the command line and hyperparameters")]
+
+
+def test_darknet_passes_the_trainer_values_on(tiny_text, tmp_path, caplog):
+    path, _ = _custom_cfg(tiny_text, tmp_path, learning_rate=0.01, decay=0.001)
+    with caplog.at_level(logging.WARNING, logger="utils.parse_config"):
+        Darknet(path, warn_unused=True, net_used=net_values_used(**TRAINER_DEFAULTS))
+        Darknet(path)
+    (msg,) = _net_warnings(caplog)
+    assert "decay=0.001" in msg and "learning_rate" not in msg
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from utils.plots import (
     RESULTS_COLUMNS,
     class_color,
     color_list,
+    place_labels,
     plot_evolution_results,
     plot_images,
     plot_labels,
@@ -98,3 +99,38 @@ def test_import_touches_no_matplotlib_state(repo_root):
     code = "import sys, utils.plots; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False" and out.stderr == ""
+
+
+# ------------------------------------------------------------------------------------------- labels (issue 14)
+def test_place_labels_never_overlap_each_other_or_reserved_areas():
+    rng = np.random.default_rng(0)
+    boxes = [[10, 10, 60, 40]] * 6 + [[x, y, x + 20, y + 15] for x, y in rng.uniform(0, 90, (20, 2))]  # a pile, more
+    sizes = [(30, 10)] * len(boxes)
+    reserved = [(0, 0, 50, 18)]
+    spots = place_labels(boxes, sizes, 120, 100, reserved)
+    placed = [s for s in spots if s is not None]
+    assert len(placed) >= 15  # most find a place
+    for k, a in enumerate(placed):
+        assert min(a[:2]) >= 0 and a[2] <= 120 and a[3] <= 100 and (a[2] - a[0], a[3] - a[1]) == (30, 10)
+        for b in placed[k + 1 :] + reserved:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)
+    first = place_labels([[10, 30, 60, 60]], [(30, 10)], 120, 100)[0]
+    assert first == (10, 20, 40, 30)  # room above the box: the label sits on its top edge
+
+
+def _color_pixels(mosaic: np.ndarray, bgr: tuple[int, int, int]) -> np.ndarray:
+    return (mosaic == np.array(bgr[::-1], dtype=np.uint8)).all(-1)  # mosaic is RGB
+
+
+def test_plot_images_labels_do_not_overprint_each_other_or_the_file_name():
+    """Issue 14: two boxes at the same place near the file name: both labels stay readable, the name too."""
+    images = np.zeros((1, 3, 96, 128), np.uint8)
+    targets = np.array([[0, 0, 0.25, 0.2, 0.3, 0.3], [0, 1, 0.25, 0.2, 0.3, 0.3], [0, 2, 0.26, 0.21, 0.3, 0.3]])
+    mosaic = plot_images(images, targets, paths=["dir/000000000009.jpg"], fname=None, names=["cat", "dog", "cow"])
+    (tw, th), _ = cv2.getTextSize("cat", cv2.FONT_HERSHEY_SIMPLEX, 1 / 3, 1)
+    fills = [int(_color_pixels(mosaic, class_color(c)).sum()) for c in range(3)]
+    assert all(f >= tw * th for f in fills), fills  # every label's filled box is there, none painted over
+    (nw, nh), base = cv2.getTextSize("000000000009.jpg", cv2.FONT_HERSHEY_SIMPLEX, 0.45, 3)
+    name_area = mosaic[: 14 + base + 2, : 4 + nw + 2]
+    assert not any(_color_pixels(name_area, class_color(c)).any() for c in range(3))
+    assert (name_area >= 200).all(-1).sum() > 20  # the light text of the name itself

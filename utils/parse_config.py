@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +26,83 @@ NET_KEYS_OVERRIDDEN = (
     "batch", "subdivisions", "width", "height", "learning_rate", "momentum", "decay", "burn_in",
     "max_batches", "policy", "steps", "scales", "angle", "saturation", "exposure", "hue",
 )  # fmt: skip
+
+# The [net] training values of the official Darknet cfgs shipped in cfg/ (yolov3.cfg and yolov3-spp.cfg share one).
+# A cfg copied from one of them carries these values without its user having chosen them, so they are not worth a
+# warning; a value that differs from the nearest of these was written by the user.
+_DARKNET_NET = {
+    "batch": 64, "subdivisions": 16, "width": 608, "height": 608, "momentum": 0.9, "decay": 0.0005, "angle": 0.0,
+    "saturation": 1.5, "exposure": 1.5, "hue": 0.1, "learning_rate": 0.001, "burn_in": 1000, "max_batches": 500200,
+    "policy": "steps", "steps": [400000, 450000], "scales": [0.1, 0.1],
+}  # fmt: skip
+SHIPPED_NET: dict[str, dict[str, Any]] = {
+    "yolov3": dict(_DARKNET_NET),
+    "yolov3-spp": dict(_DARKNET_NET),
+    "yolov3-tiny": {**_DARKNET_NET, "subdivisions": 2, "width": 416, "height": 416},
+}
+
+
+def net_values_used(
+    batch_size: int, accumulate: int, img_size: int, hyp: Mapping[str, float], burn_in: int, cos: bool = False
+) -> dict[str, tuple[Any, str]]:
+    """What the trainer uses in place of each ``[net]`` key, in the cfg's units: ``key -> (value, where it comes
+    from)``; value None where the trainer has no comparable number (it schedules by epochs, and its HSV gains are
+    parametrised differently from Darknet's), so any value written for that key is unused.
+
+    Darknet's ``batch`` is the images per optimizer step (``--batch-size * --accumulate``) and ``subdivisions`` the
+    forward passes per step (``--accumulate``); ``width``/``height`` are the training ``--img-size``; ``burn_in`` is
+    compared with the trainer's burn-in batches.
+    """
+    steps_from = "--cos" if cos else "MultiStep x0.1 at 80% and 90% of --epochs"
+    return {
+        "batch": (batch_size * accumulate, f"--batch-size {batch_size} x --accumulate {accumulate} images per step"),
+        "subdivisions": (accumulate, f"--accumulate {accumulate}"),
+        "width": (img_size, f"--img-size {img_size}"),
+        "height": (img_size, f"--img-size {img_size}"),
+        "learning_rate": (hyp["lr0"], f"hyp lr0={hyp['lr0']:g}"),
+        "momentum": (hyp["momentum"], f"hyp momentum={hyp['momentum']:g}"),
+        "decay": (hyp["weight_decay"], f"hyp weight_decay={hyp['weight_decay']:g}"),
+        "burn_in": (burn_in, f"{burn_in} burn-in batches (--burn-in)"),
+        "angle": (hyp["degrees"], f"hyp degrees={hyp['degrees']:g}"),
+        "max_batches": (None, "--epochs"),
+        "policy": (None if cos else "steps", steps_from),
+        "steps": (None, steps_from),
+        "scales": (None if cos else [0.1, 0.1], steps_from),
+        "saturation": (None, f"hyp hsv_s={hyp.get('hsv_s', 0):g}"),
+        "exposure": (None, f"hyp hsv_v={hyp.get('hsv_v', 0):g}"),
+        "hue": (None, f"hyp hsv_h={hyp.get('hsv_h', 0):g}"),
+    }
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        return isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b) and all(
+            _same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def unused_net_values(
+    net: Mapping[str, Any], used: Mapping[str, tuple[Any, str]] | None = None
+) -> list[tuple[str, Any, str]]:
+    """The ``[net]`` values a user wrote that the trainer does not use: ``(key, value, what the trainer uses)``.
+
+    A key counts when the cfg sets it (one of ``NET_KEYS_OVERRIDDEN``), its value differs from the nearest shipped
+    Darknet ``[net]`` block (``SHIPPED_NET``, the one with the fewest differing keys: copied values were not chosen)
+    and from the trainer's equivalent in ``used`` (``net_values_used``; a None value, or ``used`` None, means no
+    equivalent, so a user-written value is always reported).
+    """
+    keys = [k for k in NET_KEYS_OVERRIDDEN if k in net]
+    nearest = min(SHIPPED_NET.values(), key=lambda ref: sum(not _same(net[k], ref.get(k)) for k in keys))
+    out = []
+    for k in keys:
+        if _same(net[k], nearest.get(k)):
+            continue
+        value, source = (used or {}).get(k, (None, "the command line and hyperparameters"))
+        if value is None or not _same(net[k], value):
+            out.append((k, net[k], source))
+    return out
 
 
 def _int(text: str) -> int:
@@ -109,14 +188,18 @@ _REQUIRED = {"convolutional": ("filters",), "route": ("layers",), "shortcut": ("
 _POSITIVE = {"filters", "size", "stride", "groups", "classes", "num", "batch", "subdivisions", "width", "height"}
 
 
-def parse_model_cfg(path: str | Path, nc: int | None = None, warn: bool = True) -> list[dict]:
+def parse_model_cfg(
+    path: str | Path, nc: int | None = None, warn: bool = True, net_used: Mapping[str, tuple[Any, str]] | None = None
+) -> list[dict]:
     """Read a Darknet model cfg file into typed block dicts.
 
     Args:
         path: the ``.cfg`` file.
         nc: when given, the ``[yolo]`` classes and the filters of the convolution feeding each ``[yolo]`` are
             rewritten for ``nc`` classes before the checks (see ``adapt_nc``).
-        warn: log one warning listing the ``[net]`` keys whose values the CLI/hyperparameters override.
+        warn: log one warning naming the ``[net]`` values the user wrote that the trainer does not use
+            (``unused_net_values``: not on a shipped cfg, nor where the value equals the trainer's).
+        net_used: the trainer's values (``net_values_used``); without them every user-written value is named.
 
     Returns:
         ``[net_block, block_0, block_1, ...]``; each dict has ``'type'`` (section name, ``network`` read as
@@ -133,25 +216,31 @@ def parse_model_cfg(path: str | Path, nc: int | None = None, warn: bool = True) 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model cfg not found: {path} (the shipped ones are in cfg/, e.g. cfg/yolov3-tiny.cfg)")
-    blocks, lines, key_lines = _read_blocks(path)
+    blocks, lines, key_lines, net_lines = _read_blocks(path)
     if nc is not None:
         blocks = adapt_nc(blocks, nc)
     _check(blocks, lines, key_lines, path)
     if warn:
-        ignored = [k for k in NET_KEYS_OVERRIDDEN if k in blocks[0]]
-        if ignored:
-            logger.warning(
-                "%s: [net] keys %s are read but not used; the command line and hyperparameters set these "
-                "(--img-size, --batch-size, --accumulate, --epochs, hyp lr0/momentum/weight_decay/hsv_*/degrees)",
-                path, ", ".join(ignored),
-            )  # fmt: skip
+        unused = unused_net_values(blocks[0], net_used)
+        if unused:
+            listed = "; ".join(f"{k}={_show(v)} (line {net_lines[k]}; the trainer uses {src})" for k, v, src in unused)
+            logger.warning("%s: [net] values read but not used: %s. This trainer takes them from the command line "
+                           "and the hyperparameters (--hyp); the cfg's values do not act", path, listed)
     return blocks
 
 
-def _read_blocks(path: Path) -> tuple[list[dict], list[int], list[dict[str, int]]]:
+def _show(value: Any) -> str:
+    """A [net] value as a cfg would write it."""
+    if isinstance(value, list):
+        return ",".join(_show(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _read_blocks(path: Path) -> tuple[list[dict], list[int], list[dict[str, int]], dict[str, int]]:
     """Tokenise the file into typed blocks.
 
-    Also returns, for the blocks after [net], each header's line number and each key's line number (1-based).
+    Also returns, for the blocks after [net], each header's line number and each key's line number (1-based), and
+    the [net] block's key line numbers.
     """
     blocks: list[dict] = []
     lines: list[int] = []
@@ -210,7 +299,7 @@ def _read_blocks(path: Path) -> tuple[list[dict], list[int], list[dict[str, int]
             block.setdefault("size", block["stride"])
         if block["type"] == "yolo" and "mask" not in block:
             block["mask"] = list(range(len(block["anchors"])))
-    return blocks, lines[1:], key_lines[1:]
+    return blocks, lines[1:], key_lines[1:], key_lines[0]
 
 
 def adapt_nc(blocks: list[dict], nc: int) -> list[dict]:

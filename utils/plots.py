@@ -23,6 +23,7 @@ __all__ = [
     "class_color",
     "color_list",
     "plot_one_box",
+    "place_labels",
     "plot_images",
     "plot_results",
     "plot_labels",
@@ -88,6 +89,73 @@ def plot_one_box(
     return img
 
 
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_NAME_SCALE, _NAME_Y = 0.45, 14  # font scale and baseline of the file names on plot_images tiles
+
+
+def _label_size(label: str, font_scale: float, thickness: int) -> tuple[int, int]:
+    """(w, h) in pixels of a filled label box for ``label`` (text plus a 3-pixel margin below and above)."""
+    (tw, th), _ = cv2.getTextSize(label, _FONT, font_scale, thickness)
+    return tw + 2, th + 4
+
+
+def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    """Whether two ``x1, y1, x2, y2`` rectangles (end-exclusive pixels) share a pixel."""
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def place_labels(
+    boxes: Sequence[Sequence[float]],
+    sizes: Sequence[tuple[int, int]],
+    width: int,
+    height: int,
+    reserved: Sequence[tuple[int, int, int, int]] = (),
+) -> list[tuple[int, int, int, int] | None]:
+    """Where to put each box's label so that no two labels, and no label and a reserved area, share a pixel.
+
+    Labels are placed in order (put the most important first). Each tries, in turn: above the box's top-left
+    corner, just inside it, below the box's bottom-left corner, just inside that, then further down and up the box's
+    left edge in label-height steps; positions are kept inside the ``width`` x ``height`` image. A label that finds
+    no free place gets None (its box is still drawn, unlabelled).
+
+    Args:
+        boxes: (n, 4) ``x1, y1, x2, y2`` pixels.
+        sizes: (n,) label ``(w, h)`` pixels.
+        reserved: ``x1, y1, x2, y2`` areas no label may cover (e.g. the file name).
+
+    Returns:
+        Per box the label's ``x1, y1, x2, y2`` (end-exclusive) or None.
+    """
+    taken = [tuple(int(v) for v in r) for r in reserved]
+    out: list[tuple[int, int, int, int] | None] = []
+    for box, (w, h) in zip(boxes, sizes):
+        x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+        x = min(max(x1, 0), max(width - w, 0))
+        starts = [y1 - h, y1, y2, y2 - h]
+        starts += [y1 + k * h for k in range(1, max(height // max(h, 1), 1) + 1)]
+        starts += [y1 - k * h for k in range(2, max(height // max(h, 1), 1) + 1)]
+        spot = None
+        for y in starts:
+            rect = (x, y, x + w, y + h)
+            if y < 0 or y + h > height or w > width:
+                continue
+            if not any(_overlaps(rect, t) for t in taken):
+                spot = rect
+                break
+        if spot is not None:
+            taken.append(spot)
+        out.append(spot)
+    return out
+
+
+def _draw_label(img: np.ndarray, rect: tuple[int, int, int, int], label: str, color: tuple[int, int, int],
+                font_scale: float, thickness: int) -> None:  # fmt: skip
+    """A filled label box in ``color`` with white text, inside ``rect`` (end-exclusive ``x1, y1, x2, y2``)."""
+    x1, y1, x2, y2 = rect
+    cv2.rectangle(img, (x1, y1), (x2 - 1, y2 - 1), color, -1)
+    cv2.putText(img, label, (x1 + 1, y2 - 3), _FONT, font_scale, (255, 255, 255), thickness, cv2.LINE_AA)
+
+
 def _to_numpy(x: Any) -> np.ndarray:
     if hasattr(x, "detach"):  # torch.Tensor without importing torch here
         x = x.detach().cpu().float().numpy() if x.dtype.is_floating_point else x.detach().cpu().numpy()
@@ -123,11 +191,14 @@ def plot_images(
         targets: (n, 6) ``[image, class, x, y, w, h]`` labels or (n, 7) detections with the confidence last
             (only confidences > 0.25 are drawn). Boxes are xywh, normalised 0..1 when an image's largest
             coordinate is <= 1.01, otherwise pixels of the (h, w) input. None or empty: no boxes.
-        paths: file names written on the tiles (basename, at most 40 characters).
+        paths: file names written on the tiles (basename, at most 40 characters, top left).
         fname: output image (BGR via ``cv2.imwrite``); None writes nothing.
         names: class names for labels (class indices when absent or out of range).
         max_size: tiles are shrunk so their longer side is at most this many pixels.
         max_subplots: at most this many images are drawn.
+
+    Every box is drawn, then the labels (detections by decreasing confidence) each in a free place near its box
+    (``place_labels``): labels never cover one another or the file name; a label with no free place is left out.
 
     Returns:
         The mosaic, (H, W, 3) uint8 RGB (ready for TensorBoard's ``add_image(..., dataformats='HWC')``).
@@ -152,20 +223,30 @@ def plot_images(
         rows = t[t[:, 0] == i]
         if t.shape[1] == 7:
             rows = rows[rows[:, 6] > 0.25]
+            rows = rows[np.argsort(-rows[:, 6], kind="stable")]  # the most confident get their labels placed first
+        reserved = []
+        name = Path(str(paths[i])).name[:40] if paths is not None and i < len(paths) else None
+        if name:
+            (nw, nh), base = cv2.getTextSize(name, _FONT, _NAME_SCALE, 3)
+            reserved.append((0, 0, 4 + nw + 2, _NAME_Y + base + 2))  # the name's text and its dark outline
         if len(rows):
             xywh = rows[:, 2:6].astype(np.float64)
             xywh *= [tw, th, tw, th] if xywh.max() <= 1.01 else scale
             xyxy = np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], 1)
+            labels = []
             for row, box in zip(rows, xyxy):
                 c = int(row[1])
                 label = names[c] if names is not None and 0 <= c < len(names) else str(c)
-                if t.shape[1] == 7:
-                    label = f"{label} {row[6]:.2f}"
-                plot_one_box(box, tile, color=class_color(c), label=label, line_thickness=1)
-        if paths is not None and i < len(paths):
-            text = Path(str(paths[i])).name[:40]
-            cv2.putText(tile, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
-            cv2.putText(tile, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (230, 230, 230), 1, cv2.LINE_AA)
+                labels.append(f"{label} {row[6]:.2f}" if t.shape[1] == 7 else label)
+                plot_one_box(box, tile, color=class_color(c), line_thickness=1)  # every box first, labels on top
+            # labels never cover one another or the file name: each takes a free place near its box, or none
+            spots = place_labels(xyxy, [_label_size(x, 1 / 3, 1) for x in labels], tw, th, reserved)
+            for row, label, spot in zip(rows, labels, spots):
+                if spot is not None:
+                    _draw_label(tile, spot, label, class_color(int(row[1])), 1 / 3, 1)
+        if name:
+            cv2.putText(tile, name, (4, _NAME_Y), _FONT, _NAME_SCALE, (0, 0, 0), 3, cv2.LINE_AA)
+            cv2.putText(tile, name, (4, _NAME_Y), _FONT, _NAME_SCALE, (230, 230, 230), 1, cv2.LINE_AA)
         cv2.rectangle(tile, (0, 0), (tw - 1, th - 1), (255, 255, 255), tl)
         x0, y0 = (i % ns) * tw, (i // ns) * th
         mosaic[y0 : y0 + th, x0 : x0 + tw] = tile  # drawn per tile so labels never spill into a neighbour

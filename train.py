@@ -52,7 +52,14 @@ from tqdm import tqdm
 import test as evaluation  # this project's test.py (the evaluation CLI), not the standard library package
 from models import Darknet, load_weights_fitting
 from utils.checkpoint import atomic_save, load_checkpoint, make_checkpoint, next_run_dir, rng_state, set_rng_state
-from utils.datasets import LoadImagesAndLabels, resize_batch, resolve_data_cfg, worker_init
+from utils.datasets import (
+    CACHE_CHECK_HELP,
+    CACHE_CHECKS,
+    LoadImagesAndLabels,
+    resize_batch,
+    resolve_data_cfg,
+    worker_init,
+)
 from utils.distributed import (
     DistInfo,
     GlobalBatchSampler,
@@ -77,6 +84,7 @@ from utils.general import tune_malloc
 from utils.hyp import DEFAULT_HYP, HYP_GAINS, derive_loss_hyp, format_hyp, load_hyp
 from utils.loss import compute_loss, loss_counts
 from utils.metrics import fitness
+from utils.parse_config import net_values_used
 from utils.plots import plot_evolution_results, plot_images, plot_labels, plot_results
 from utils.schedule import (
     NOMINAL_BATCH,
@@ -200,6 +208,7 @@ def build_parser(argument_default: Any = None) -> argparse.ArgumentParser:
     p.add_argument("--adam", action="store_true", default=d(False),
                    help="Adam (PyTorch's default betas) instead of SGD; same lr0 and groups")
     p.add_argument("--cache-images", action="store_true", default=d(False), help="cache images in memory")
+    p.add_argument("--cache-check", choices=CACHE_CHECKS, default=d("mtime"), help=CACHE_CHECK_HELP)
     p.add_argument("--single-cls", action="store_true", default=d(False), help="train as a single-class data set")
     p.add_argument("--name", default=d(None), help="run name: results go to <project>/<name> (default exp)")
     p.add_argument("--project", default=d("runs"), help="folder holding the runs")
@@ -486,7 +495,7 @@ def train(
     # images load at the largest training size; multi-scale batches are resized down to the drawn size
     dataset = LoadImagesAndLabels(data["train"], hi, opt.batch_size, augment=True, hyp=hyp, rect=opt.rect,
                                   cache_images=opt.cache_images, single_cls=opt.single_cls, nc=data_nc, seed=opt.seed,
-                                  verbose=main_rank, reduced_decode=opt.reduced_decode)
+                                  verbose=main_rank, reduced_decode=opt.reduced_decode, cache_check=opt.cache_check)
     batch_size = min(opt.batch_size, dataset.n)  # as the reference: a set smaller than a batch is one batch
     sampler = GlobalBatchSampler(dataset.n, batch_size, world, info.rank, shuffle=not opt.rect, seed=opt.seed,
                                  batches=dataset.batch_indices() if opt.rect else None)
@@ -497,15 +506,24 @@ def train(
     testloader = None
     if main_rank:
         testset = LoadImagesAndLabels(data["valid"], test_size, batch_size, hyp=hyp, rect=True,
-                                      cache_images=opt.cache_images, single_cls=opt.single_cls, nc=data_nc, pad=0.5)
+                                      cache_images=opt.cache_images, single_cls=opt.single_cls, nc=data_nc, pad=0.5,
+                                      cache_check=opt.cache_check)
         testloader = torch.utils.data.DataLoader(testset, batch_size=batch_size, num_workers=opt.num_workers,
                                                  collate_fn=LoadImagesAndLabels.collate_fn,
                                                  pin_memory=device.type == "cuda", worker_init_fn=_worker_init,
                                                  persistent_workers=opt.num_workers > 0)
 
+    recipe = Recipe(
+        name=opt.recipe, epochs=epochs, nb=nb, n_burn=burn_in_batches(nb, opt.recipe, opt.burn_in),
+        schedule=opt.schedule or ("cos" if opt.recipe == "2020" else "multistep"),
+        accumulate=opt.accumulate or (auto_accumulate(batch_size) if opt.recipe == "2020" else SEED_ACCUMULATE),
+        lr0=hyp["lr0"], momentum=hyp["momentum"], weight_decay=hyp["weight_decay"],
+    )  # fmt: skip
+
     # Model, initial weights, optimizer, EMA, AMP.
     # channels-last: the convolution kernels are faster in NHWC on CPU (oneDNN) and on CUDA tensor cores
-    model = Darknet(opt.cfg, img_size=(hi, hi), nc=nc, warn_unused=main_rank)
+    net_used = net_values_used(batch_size, recipe.accumulate, hi, hyp, recipe.n_burn, recipe.schedule)
+    model = Darknet(opt.cfg, img_size=(hi, hi), nc=nc, warn_unused=main_rank, net_used=net_used)
     model = model.to(device, memory_format=CHANNELS_LAST)
     cfg_text = Path(opt.cfg).read_text()
     if ckpt is None:  # every rank loads (freezing must happen everywhere); DDP then broadcasts rank 0's weights
@@ -516,12 +534,6 @@ def train(
         model.load_state_dict(ckpt["model_raw"] if "model_raw" in ckpt else ckpt["model"])
     model.hyp, model.gr, model.names = loss_hyp, 1.0, names  # ultralytics-compatible attributes
     optimizer = build_optimizer(model, hyp, opt.adam)
-    recipe = Recipe(
-        name=opt.recipe, epochs=epochs, nb=nb, n_burn=burn_in_batches(nb, opt.recipe, opt.burn_in),
-        schedule=opt.schedule or ("cos" if opt.recipe == "2020" else "multistep"),
-        accumulate=opt.accumulate or (auto_accumulate(batch_size) if opt.recipe == "2020" else SEED_ACCUMULATE),
-        lr0=hyp["lr0"], momentum=hyp["momentum"], weight_decay=hyp["weight_decay"],
-    )  # fmt: skip
     use_ema = opt.ema if opt.ema is not None else opt.recipe == "2020"
     ema = ModelEMA(model) if use_ema and main_rank else None  # only rank 0 tests and saves; DDP keeps weights equal
     use_amp = device.type == "cuda" and not opt.no_amp or device.type == "cpu" and opt.bf16

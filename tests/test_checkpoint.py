@@ -54,10 +54,11 @@ def test_round_trip_keeps_every_field(tmp_path):
         epoch=4,
         best_fitness=0.25,
         training_results="epoch ...\n",
-        model=model,
+        model=ema.ema,
+        model_raw=model,
         optimizer=opt,
         scheduler=sched,
-        ema=ema,
+        ema_updates=ema.updates,
         hyp={"lr0": 0.01},
         opt=args,
         cfg_text="[net]\n",
@@ -78,8 +79,8 @@ def test_round_trip_keeps_every_field(tmp_path):
     assert back["ema_updates"] == 7 and back["scaler"] is None
     assert back["format_version"] == FORMAT_VERSION
     assert set(back["versions"]) == {"torch", "numpy", "python", "yolov3-trainer"}
-    _assert_state_equal(back["model"], model.state_dict())
-    _assert_state_equal(back["ema"], ema.ema.state_dict())
+    _assert_state_equal(back["model"], ema.ema.state_dict())  # the scored (EMA) weights
+    _assert_state_equal(back["model_raw"], model.state_dict())
     assert back["scheduler"] == sched.state_dict()
 
     model2, opt2, sched2 = _trained_parts()
@@ -96,7 +97,8 @@ def test_ddp_style_wrapper_is_unwrapped():
     wrapped = nn.Module()
     wrapped.module = inner
     ckpt = make_checkpoint(epoch=0, best_fitness=0.0, training_results="", model=wrapped)
-    assert list(ckpt["model"]) == ["weight", "bias"]
+    assert list(ckpt["model"]) == list(ckpt["model_raw"]) == ["weight", "bias"]
+    assert ckpt["ema_updates"] is None
 
 
 def test_bad_batch_value():

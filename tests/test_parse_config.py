@@ -85,7 +85,8 @@ def _net_warnings(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "utils.parse_config" and "[net]" in r.getMessage()]
 
 
-TRAINER_DEFAULTS = {"batch_size": 16, "accumulate": 4, "img_size": 416, "hyp": DEFAULT_HYP, "burn_in": 1000}
+TRAINER_DEFAULTS = {"batch_size": 16, "accumulate": 4, "img_size": 416, "hyp": DEFAULT_HYP, "burn_in": 1000,
+                    "schedule": "multistep"}
 
 
 @pytest.mark.parametrize("name", CFGS)
@@ -139,9 +140,9 @@ def test_unused_net_values_compares_with_the_trainer_and_the_nearest_shipped_blo
     # tiny with yolov3's subdivisions and width is nearer to yolov3's block (one key differs: height), and 416 is
     # what the trainer uses: values copied from a shipped cfg are not the user's
     assert unused_net_values({**SHIPPED_NET["yolov3-tiny"], "subdivisions": 16, "width": 608}, used) == []
-    cos = net_values_used(**TRAINER_DEFAULTS, cos=True)
+    cos = net_values_used(**{**TRAINER_DEFAULTS, "schedule": "cos"})
     assert [k for k, *_ in unused_net_values({**SHIPPED_NET["yolov3"], "scales": [0.1, 0.1], "policy": "steps"},
-                                             cos)] == []  # shipped values, even though --cos replaces them
+                                             cos)] == []  # shipped values, even though the cosine replaces them
     assert unused_net_values({"learning_rate": 0.01}, used) == []
     assert unused_net_values({"learning_rate": 0.01}, None) == [("learning_rate", 0.01,
                                                                  "the command line and hyperparameters")]

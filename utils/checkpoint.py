@@ -12,8 +12,8 @@ best_fitness        float, best fitness so far (``utils.metrics.fitness``)
 training_results    str, the text of results.txt so far
 model               state_dict of the weights that were tested and scored: the EMA when the run keeps one
                     (the default, as the reference stores it), else the raw weights; DDP-unwrapped
-model_raw           state_dict of the raw (trained, not averaged) weights, for exact resume
 optimizer           optimizer state_dict (None when the run saves weights only)
+model_raw           state_dict of the raw (trained, not averaged) weights, for exact resume
 scheduler           a description of the schedule (``utils.schedule.Recipe.describe``) or None
 scaler              AMP GradScaler state_dict or None
 ema_updates         int, ``ModelEMA.updates`` (its decay ramp depends on it), or None without EMA
@@ -69,8 +69,8 @@ _RESERVED = (
     "best_fitness",
     "training_results",
     "model",
-    "model_raw",
     "optimizer",
+    "model_raw",
     "scheduler",
     "scaler",
     "ema_updates",
@@ -238,8 +238,8 @@ def make_checkpoint(
         "best_fitness": float(best_fitness),
         "training_results": training_results,
         "model": _state(model),
-        "model_raw": _state(model if model_raw is None else model_raw),
         "optimizer": _state(optimizer),
+        "model_raw": _state(model if model_raw is None else model_raw),
         "scheduler": _state(scheduler),
         "scaler": _state(scaler),
         "ema_updates": None if ema_updates is None else int(ema_updates),

@@ -43,7 +43,7 @@ SHIPPED_NET: dict[str, dict[str, Any]] = {
 
 
 def net_values_used(
-    batch_size: int, accumulate: int, img_size: int, hyp: Mapping[str, float], burn_in: int, cos: bool = False
+    batch_size: int, accumulate: int, img_size: int, hyp: Mapping[str, float], burn_in: int, schedule: str = "cos"
 ) -> dict[str, tuple[Any, str]]:
     """What the trainer uses in place of each ``[net]`` key, in the cfg's units: ``key -> (value, where it comes
     from)``; value None where the trainer has no comparable number (it schedules by epochs, and its HSV gains are
@@ -53,7 +53,8 @@ def net_values_used(
     forward passes per step (``--accumulate``); ``width``/``height`` are the training ``--img-size``; ``burn_in`` is
     compared with the trainer's burn-in batches.
     """
-    steps_from = "--cos" if cos else "MultiStep x0.1 at 80% and 90% of --epochs"
+    cos = schedule == "cos"
+    steps_from = "the cosine schedule (--schedule cos)" if cos else "MultiStep x0.1 at 80% and 90% of --epochs"
     return {
         "batch": (batch_size * accumulate, f"--batch-size {batch_size} x --accumulate {accumulate} images per step"),
         "subdivisions": (accumulate, f"--accumulate {accumulate}"),

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,6 +31,7 @@ from utils.checkpoint import (
     RunState,
     atomic_save,
     checkpoint_nonfinite,
+    hold_run_dir,
     latest_resumable_run,
     load_checkpoint,
     make_checkpoint,
@@ -44,7 +46,7 @@ from utils.checkpoint import (
     run_status,
     set_rng_state,
 )
-from utils.runlock import RunLock
+from utils.runlock import RunLock, RunLockedError, lock_holder
 
 
 def _trained_parts():
@@ -359,6 +361,32 @@ def test_stale_tmp_removed_only_by_the_lock_holder(tmp_path, caplog):
     assert "removed 1 temporary file(s)" in caplog.text
 
 
+def test_hold_run_dir_locks_cleans_tmp_and_removes_a_failed_start(tmp_path):
+    run = next_run_dir(tmp_path, "exp")
+    (run / "weights").mkdir()
+    stale = run / "weights" / ".last.pt.abcdefgh.tmp"
+    stale.write_bytes(b"PK")
+    with hold_run_dir(run, created=True) as lock:
+        assert lock.held and lock_holder(run).pid == os.getpid() and not stale.exists()
+        with pytest.raises(RunLockedError), hold_run_dir(run, created=False):
+            pass
+        (run / "results.txt").write_text("header\n  0/2 rows\n")
+    assert lock_holder(run) is None and (run / "results.txt").is_file()  # a finished block keeps everything
+
+    fresh = next_run_dir(tmp_path, "new")
+    with pytest.raises(FileNotFoundError, match="--transfer"), hold_run_dir(fresh, created=True):
+        _failed_start(fresh)
+        raise FileNotFoundError("weights/yolov3-spp.pt not found (--transfer)")
+    assert not fresh.exists() and next_run_dir(tmp_path, "new") == fresh  # the retry gets the same name
+
+    resumed = tmp_path / "exp"
+    with pytest.raises(KeyboardInterrupt), hold_run_dir(resumed, created=False):
+        raise KeyboardInterrupt  # a folder this start did not create is never removed
+    assert (resumed / "results.txt").is_file() and lock_holder(resumed) is None
+    with hold_run_dir(tmp_path / "exp2", created=True, enabled=False) as lock:  # torchrun rank > 0
+        assert not lock.held
+
+
 def _resumable(path, epoch, epochs, batch=0, mtime=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"epoch": epoch, "opt": {"epochs": epochs}, "optimizer": {"state": {}}, "batch": batch}, path)
@@ -554,6 +582,9 @@ def test_every_unreadable_file_is_one_line_naming_what_is_wrong(tmp_path):
         np.array([0, 2, 0], np.int32).tofile(f)
         np.array([0], np.int64).tofile(f)
         np.zeros(100, np.float32).tofile(f)
+    other_zip = tmp_path / "other_zip.pt"
+    with zipfile.ZipFile(other_zip, "w") as z:
+        z.writestr("readme.txt", "a data set, not a model")
     (tmp_path / "empty.pt").write_bytes(b"")
     (tmp_path / "text.pt").write_bytes(b"hello, this is not a model\n")
     expected = {
@@ -561,6 +592,7 @@ def test_every_unreadable_file_is_one_line_naming_what_is_wrong(tmp_path):
         _half(legacy, tmp_path / "half_legacy.pt"): "truncated or damaged: a pickle (",
         damaged: "damaged: a PyTorch zip archive (",
         darknet: "a Darknet .weights file, not a PyTorch checkpoint; give it the .weights suffix",
+        other_zip: "a zip archive but not a PyTorch checkpoint (no data.pkl inside)",
         tmp_path / "empty.pt": "empty file (0 bytes)",
         tmp_path / "text.pt": "not a PyTorch checkpoint (it starts with b'hello, this ')",
     }
@@ -575,9 +607,9 @@ def test_every_unreadable_file_is_one_line_naming_what_is_wrong(tmp_path):
         read_torch_file(tmp_path / "nope.pt")
 
 
-def test_mmap_reads_a_field_without_loading_the_tensors(tmp_path):
-    path = _real_checkpoint(tmp_path / "c.pt")
-    assert load_checkpoint(path, mmap=True)["epoch"] == 0
+def test_mmap_reads_a_field_of_either_format(tmp_path):
+    assert load_checkpoint(_real_checkpoint(tmp_path / "c.pt"), mmap=True)["epoch"] == 0
+    assert load_checkpoint(_real_checkpoint(tmp_path / "l.pt", legacy=True), mmap=True)["epoch"] == 0
 
 
 # ---------------------------------------------------------------------------------------------- non-finite

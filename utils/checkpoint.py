@@ -41,6 +41,7 @@ torch cannot read (empty, truncated, damaged, a Darknet file, not a checkpoint a
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import logging
@@ -72,6 +73,7 @@ __all__ = [
     "RunStatus",
     "atomic_save",
     "checkpoint_nonfinite",
+    "hold_run_dir",
     "latest_resumable_run",
     "load_checkpoint",
     "make_checkpoint",
@@ -334,6 +336,13 @@ def describe_unreadable(path: Path) -> str:
                 f"truncated: a PyTorch zip archive of {size:,} bytes without its end record, cut short while it "
                 f"was written or copied; {again}"
             )
+        try:
+            with zipfile.ZipFile(path) as z:
+                torch_archive = any(n.endswith("/data.pkl") or n == "data.pkl" for n in z.namelist())
+        except (zipfile.BadZipFile, OSError, ValueError):
+            torch_archive = True  # a zip whose directory is broken too: most likely a damaged checkpoint
+        if not torch_archive:
+            return "a zip archive but not a PyTorch checkpoint (no data.pkl inside); pass a .pt written by torch.save"
         return f"damaged: a PyTorch zip archive ({size:,} bytes) whose contents cannot be read; {again}"
     if head[:1] == b"\x80":  # a pickle stream: PyTorch's legacy format (or a plain pickle)
         return f"truncated or damaged: a pickle ({size:,} bytes, PyTorch's legacy format) that cannot be read; {again}"
@@ -361,7 +370,8 @@ def read_torch_file(
         safe_first: try ``weights_only=True`` first and fall back to full unpickling only for files the safe
             loader refuses (our checkpoints hold numpy RNG states); False unpickles fully at once. Full
             unpickling can run code: only load files you trust.
-        mmap: map the tensors from the file instead of reading them (fast when only a few fields are needed).
+        mmap: map the tensors from the file instead of reading them (fast when only a few fields are needed);
+            ignored for the legacy (non-zip) format.
 
     Raises:
         FileNotFoundError: no such file.
@@ -371,6 +381,9 @@ def read_torch_file(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found (resolved: {path.resolve()}); put the file there or fix the path")
+    if mmap:  # only torch.save's zip format can be mapped
+        with open(path, "rb") as f:
+            mmap = f.read(4) == _ZIP_MAGIC
     try:
         if safe_first:
             try:
@@ -619,6 +632,32 @@ def remove_failed_start(run_dir: str | Path, start_files: Iterable[str] = START_
     run_dir.rmdir()
     LOGGER.info("removed %s: the start failed before saving anything", run_dir)
     return True
+
+
+@contextlib.contextmanager
+def hold_run_dir(run_dir: str | Path, created: bool, enabled: bool = True) -> Iterator[RunLock]:
+    """Hold a run folder while training into it: ``with hold_run_dir(save_dir, created=...) as lock: train(...)``.
+
+    Takes its lock (``RunLock``; fails at once with ``RunLockedError`` when a live trainer holds it), removes
+    the temporary files that killed saves left in ``weights/`` (``remove_stale_tmp``), and releases the lock
+    at exit. When the block raises (anything, Ctrl-C included) and this start ``created`` the folder
+    (``next_run_dir`` without ``exist_ok``), the folder is removed if it holds nothing worth keeping
+    (``remove_failed_start``), so that the retry gets the same name. ``enabled=False`` (torchrun ranks other
+    than 0) makes it a no-op: those ranks never write into the folder.
+    """
+    run_dir = Path(run_dir)
+    lock = RunLock(run_dir, enabled=enabled).acquire()
+    try:
+        if lock.held:
+            remove_stale_tmp(run_dir / "weights", lock)
+        yield lock
+    except BaseException:
+        lock.release()
+        if created and enabled:
+            remove_failed_start(run_dir)
+        raise
+    finally:
+        lock.release()
 
 
 class RunState(str, enum.Enum):

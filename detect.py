@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import pickle
 import sys
 import time
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ import torch
 
 from models import Darknet, load_weights
 from utils.boxes import scale_coords, xyxy2xywh
+from utils.checkpoint import read_torch_file
 from utils.general import tune_malloc
 from utils.nms import non_max_suppression
 from utils.parse_config import parse_data_cfg, parse_model_cfg
@@ -77,14 +77,12 @@ def read_checkpoint_info(
 
     ``.weights`` (Darknet) files carry none of them. Our own checkpoints hold numpy RNG states, which
     ``weights_only=True`` refuses; they are then loaded with full unpickling (only load files you trust).
+    Raises ValueError (one line, naming the file) for an unreadable file.
     """
     weights = Path(weights)
     if weights.suffix not in (".pt", ".pth") or not weights.is_file():
         return None, None, None
-    try:
-        ckpt = torch.load(weights, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        ckpt = torch.load(weights, map_location="cpu", weights_only=False)
+    ckpt = read_torch_file(weights)  # a one-line ValueError for a truncated or foreign file
     names = ema = None
     state = ckpt
     if isinstance(ckpt, dict):

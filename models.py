@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from utils.checkpoint import read_torch_file
 from utils.layers import FeatureConcat, Shortcut, make_activation
 from utils.parse_config import adapt_nc, parse_model_cfg
 from utils.torch_utils import de_parallel, fuse_conv_and_bn, model_info
@@ -412,8 +412,9 @@ def load_darknet_weights(model: Darknet, path: str | Path, cutoff: int = -1) -> 
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file has fewer values than the blocks need, or (without cutoff) more, saying which cfg or
-            how many leading blocks it would fit.
+        ValueError: not a Darknet file (a PyTorch checkpoint, or a header no Darknet writes), or the file has
+            fewer values than the blocks need, or (without cutoff) more, saying which cfg or how many leading
+            blocks it would fit.
     """
     model = de_parallel(model)
     path = Path(path)
@@ -422,9 +423,18 @@ def load_darknet_weights(model: Darknet, path: str | Path, cutoff: int = -1) -> 
     if cutoff == -1:
         cutoff = cutoff_from_name(path)
     with open(path, "rb") as f:
+        magic = f.read(4)
+        f.seek(0)
+        if magic == b"PK\x03\x04" or magic[:1] == b"\x80":  # a zip archive or a pickle: torch.save's formats
+            raise ValueError(f"{path}: not a Darknet .weights file but a PyTorch checkpoint; give it the .pt suffix")
         version = np.fromfile(f, dtype=np.int32, count=3)
         if len(version) < 3:
             raise ValueError(f"{path}: {path.stat().st_size} bytes is too short for a Darknet weights header")
+        if not (0 <= version[0] < 10 and 0 <= version[1] < 100 and 0 <= version[2] < 1000):
+            raise ValueError(
+                f"{path}: not a Darknet .weights file: its header reads version {'.'.join(map(str, version))} "
+                "(Darknet writes 0.1.x or 0.2.x); pass the Darknet .weights file or a .pt checkpoint of this cfg"
+            )
         seen = np.fromfile(f, dtype=_seen_dtype(version), count=1).astype(np.int64)
         header = f.tell()
         weights = np.fromfile(f, dtype=np.float32)
@@ -488,15 +498,6 @@ def save_weights(model: Darknet, path: str | Path, cutoff: int = -1) -> None:
 # PyTorch checkpoints
 
 
-def _torch_load(path: Path, map_location) -> object:
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        # Our own and ultralytics' checkpoints may hold plain Python objects that the safe loader refuses.
-        logger.info("%s: not loadable with weights_only=True, loading it as a full pickle", path)
-        return torch.load(path, map_location=map_location, weights_only=False)
-
-
 def _state_dict_of(ckpt: object, path: Path) -> dict[str, torch.Tensor]:
     """The model state_dict inside a checkpoint: {'model': sd or module, ...}, {'ema': ...} or a raw state_dict."""
     sd = ckpt
@@ -541,7 +542,8 @@ def load_weights(model: Darknet, path: str | Path, map_location: str | torch.dev
 
     Raises:
         FileNotFoundError: saying where to put the file.
-        ValueError: names or shapes differ, listing up to 5 of each kind and the likely fix.
+        ValueError: the file is unreadable (truncated, damaged, not a checkpoint: ``read_torch_file``) or names
+            or shapes differ, listing up to 5 of each kind and the likely fix; one line naming the file.
     """
     model_ = de_parallel(model)
     path = Path(path)
@@ -552,7 +554,7 @@ def load_weights(model: Darknet, path: str | Path, map_location: str | torch.dev
         )
     if path.suffix not in (".pt", ".pth"):
         return {"format": "darknet", **load_darknet_weights(model_, path)}
-    ckpt = _torch_load(path, map_location)
+    ckpt = read_torch_file(path, map_location)  # one-line ValueError for an unreadable file
     sd = _state_dict_of(ckpt, path)
     msd = model_.state_dict()
     missing = [k for k in msd if k not in sd and not k.endswith("num_batches_tracked")]

@@ -1,4 +1,5 @@
-"""Self-describing training checkpoints, atomic saving, RNG state capture and run folders.
+"""Self-describing training checkpoints: saving them atomically, reading any .pt with one clear error, RNG state
+capture, and the run folders that hold them (claiming, their state, clean-up after a failed start or a kill).
 
 A checkpoint is a plain dict written with ``torch.save``. Its first five keys are those of ultralytics/yolov3
 checkpoints, so readers of those files (``torch.load(f)['model']``) keep working; the rest is what an exact
@@ -32,32 +33,61 @@ under their own names.
 
 Loading needs ``torch.load(..., weights_only=False)`` because the dict holds numpy RNG states and plain
 Python objects that the weights-only unpickler refuses; only load checkpoints you trust.
+
+Errors, each one line that names the file: ``read_torch_file`` / ``load_checkpoint`` raise ValueError for a file
+torch cannot read (empty, truncated, damaged, a Darknet file, not a checkpoint at all); ``atomic_save`` raises
+``CheckpointSaveError`` for a full disk or a read-only folder, saying that the previous file is intact, and
+``NonFiniteCheckpointError`` (with ``require_finite=True``) instead of writing inf/NaN tensors.
 """
 
 from __future__ import annotations
 
+import contextlib
+import enum
+import errno
 import logging
 import os
 import pickle
 import platform
 import random
 import re
+import struct
 import tempfile
-from collections.abc import Iterable
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from utils.runlock import LOCK_NAME, LockHolder, RunLock, lock_holder
+
 __all__ = [
     "FORMAT_VERSION",
+    "START_FILES",
+    "CheckpointSaveError",
+    "NonFiniteCheckpointError",
+    "RunState",
+    "RunStatus",
     "atomic_save",
+    "checkpoint_nonfinite",
+    "hold_run_dir",
+    "latest_resumable_run",
     "load_checkpoint",
     "make_checkpoint",
-    "rng_state",
-    "set_rng_state",
+    "model_nonfinite",
     "next_run_dir",
+    "nonfinite_tensors",
+    "previous_checkpoint_note",
+    "read_torch_file",
+    "remove_failed_start",
+    "remove_stale_tmp",
+    "rng_state",
+    "run_status",
+    "set_rng_state",
 ]
 
 LOGGER = logging.getLogger(__name__)
@@ -85,33 +115,161 @@ _RESERVED = (
 )
 
 
-def atomic_save(obj: Any, path: str | Path) -> Path:
+class CheckpointSaveError(OSError):
+    """Saving a checkpoint failed in the filesystem (full disk, quota, read-only or unwritable folder).
+
+    ``errno`` is the system error number, ``path`` the file that was to be written. The message is one line:
+    the file, the system's error text, whether the previous file at that path is intact, and the fix.
+    """
+
+    def __init__(self, message: str, errno_: int | None, path: Path) -> None:
+        super().__init__(message)
+        self.errno = errno_
+        self.path = path
+
+
+class NonFiniteCheckpointError(ValueError):
+    """A checkpoint was not saved because tensors in it hold inf or NaN; ``names`` lists them."""
+
+    def __init__(self, message: str, names: list[str]) -> None:
+        super().__init__(message)
+        self.names = names
+
+
+# atomic_save's temporary files: ".<name>." + mkstemp's 8 random characters + ".tmp"
+_TMP_PREFIX, _TMP_SUFFIX = ".{}.", ".tmp"
+_TMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+
+_SAVE_FIX = {
+    errno.ENOSPC: "free space on that filesystem or write to another one (--project)",
+    errno.EDQUOT: "free space within your disk quota or write to another filesystem (--project)",
+    errno.EROFS: "the filesystem is mounted read-only: remount it read-write or write elsewhere (--project)",
+    errno.EACCES: "make the folder writable for this user or write elsewhere (--project)",
+    errno.EPERM: "make the folder writable for this user or write elsewhere (--project)",
+}
+
+
+def previous_checkpoint_note(path: str | Path) -> str:
+    """'the previous checkpoint P is intact' when ``path`` exists, else 'there was no previous checkpoint at P'.
+
+    For messages after a failed or refused save (``atomic_save`` never touches an existing file until the
+    new one is complete), and for a stop message that must not claim a last.pt that was never written.
+    """
+    path = Path(path)
+    if path.is_file():
+        return f"the previous checkpoint {path} is intact"
+    return f"there was no previous checkpoint at {path}"
+
+
+def _os_error_in(exc: BaseException) -> OSError | None:
+    """The OSError (with an errno) that caused ``exc``: torch.save turns a failed write into a RuntimeError
+    ("unexpected pos ...") whose context holds the real error."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError) and e.errno is not None:
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _save_error(path: Path, err: OSError) -> CheckpointSaveError:
+    code = err.errno
+    name = errno.errorcode.get(code, str(code))
+    fix = _SAVE_FIX.get(code, "check the disk and the folder")
+    return CheckpointSaveError(
+        f"cannot save {path}: {os.strerror(code)} ({name}); {previous_checkpoint_note(path)}; fix: {fix}", code, path
+    )
+
+
+def atomic_save(obj: Any, path: str | Path, require_finite: bool = False) -> Path:
     """``torch.save(obj)`` to ``path`` so that a kill at any moment leaves either the old or the new file.
 
     The data goes to a temporary file in the same folder (same filesystem, so the rename is atomic), is
     flushed and fsynced, then ``os.replace`` swaps it in. If saving raises, the temporary file is removed and
     the old ``path`` is untouched. A SIGKILL mid-write can leave a ``.<name>.*.tmp`` file beside it, never a
-    truncated ``path``. The file gets the mode a plain ``open()`` would give (0o666 less the umask, usually
-    0o644), not the owner-only 0o600 of ``mkstemp``, so others sharing the run folder can read it.
+    truncated ``path`` (``remove_stale_tmp`` removes those at the next start). The file gets the mode a plain
+    ``open()`` would give (0o666 less the umask, usually 0o644), not the owner-only 0o600 of ``mkstemp``, so
+    others sharing the run folder can read it.
+
+    Args:
+        require_finite: refuse (before writing anything) to save a checkpoint whose tensors hold inf or NaN.
 
     Returns:
         ``path`` as a Path.
+
+    Raises:
+        CheckpointSaveError: the filesystem refused (full disk, quota, read-only, no permission); one line
+            naming the file, the error and whether the previous file is intact.
+        NonFiniteCheckpointError: ``require_finite`` and a tensor is not finite.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if require_finite:
+        bad = checkpoint_nonfinite(obj)
+        if bad:
+            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            raise NonFiniteCheckpointError(
+                f"{path} not saved: {len(bad)} tensor(s) hold inf or NaN ({shown}); {previous_checkpoint_note(path)}",
+                bad,
+            )
+    tmp_name = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX.format(path.name), suffix=_TMP_SUFFIX, dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the mode open() would have given
         os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp_name is not None:
+            Path(tmp_name).unlink(missing_ok=True)
+        err = _os_error_in(e) if isinstance(e, (OSError, RuntimeError)) else None
+        if err is not None:
+            raise _save_error(path, err) from e
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def remove_stale_tmp(folder: str | Path, lock: RunLock) -> list[tuple[Path, int]]:
+    """Remove the temporary files that killed ``atomic_save`` calls left in ``folder`` (``.last.pt.*.tmp``).
+
+    Only the holder of the run's lock may do this: a run folder has one writer, its lock holder, so a
+    temporary file there that this process is not writing belongs to a writer that has ended. ``folder`` must
+    be the locked run folder or inside it (usually ``<run>/weights``); only names ``atomic_save`` makes are
+    touched.
+
+    Returns:
+        ``[(path, size in bytes)]`` of the removed files.
+
+    Raises:
+        RuntimeError: ``lock`` is not held, or ``folder`` is outside its run folder (a caller's mistake).
+    """
+    folder = Path(folder)
+    if not lock.held:
+        raise RuntimeError(
+            f"remove_stale_tmp({folder}): take the run's lock first; without it a live writer's "
+            f"temporary file could be removed"
+        )
+    if not folder.resolve().is_relative_to(lock.run_dir.resolve()):
+        raise RuntimeError(f"remove_stale_tmp: {folder} is outside the locked run folder {lock.run_dir}")
+    removed = []
+    for p in sorted(folder.glob(".*.tmp")) if folder.is_dir() else []:
+        if _TMP_RE.match(p.name) and p.is_file():
+            size = p.stat().st_size
+            p.unlink(missing_ok=True)
+            removed.append((p, size))
+    if removed:
+        LOGGER.info(
+            "%s: removed %d temporary file(s), %.1f MB, left by interrupted checkpoint writes",
+            folder,
+            len(removed),
+            sum(s for _, s in removed) / 1e6,
+        )
+    return removed
 
 
 def _umask() -> int:
@@ -143,8 +301,103 @@ def _fsync_dir(folder: Path) -> None:
         os.close(dir_fd)
 
 
+# what torch.load raises for bytes it cannot read (KeyError and IndexError come from the weights-only unpickler,
+# OSError EINVAL from the zip reader on some truncations)
+_LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, IndexError, TypeError,
+                AttributeError, ImportError, struct.error, zipfile.BadZipFile, OSError)  # fmt: skip
+_ZIP_MAGIC, _ZIP_END = b"PK\x03\x04", b"PK\x05\x06"
+_ZIP_END_SEARCH = 22 + 65535  # the end record is at most this far from the end (after a maximal comment)
+
+
+def _looks_darknet(head: bytes, size: int) -> bool:
+    """A Darknet .weights header: int32 major, minor, revision (0.1.x or 0.2.x), then seen and float32 values."""
+    if len(head) < 12:
+        return False
+    major, minor, revision = struct.unpack("<3i", head[:12])
+    seen_bytes = 8 if major * 10 + minor >= 2 else 4
+    return major == 0 and 0 < minor < 10 and 0 <= revision < 1000 and (size - 12 - seen_bytes) % 4 == 0
+
+
+def describe_unreadable(path: Path) -> str:
+    """What is wrong with a file that torch cannot load, and what to do, for a one-line error message."""
+    again = "copy or download it again, or use another checkpoint of that run (best.pt, backup*.pt)"
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(64)
+            f.seek(max(0, size - _ZIP_END_SEARCH))
+            tail = f.read()
+    except OSError as e:
+        return f"cannot be read: {os.strerror(e.errno) if e.errno else e}; check the file's permissions and the disk"
+    if size == 0:
+        return f"empty file (0 bytes); {again}"
+    if head.startswith(_ZIP_MAGIC):
+        if _ZIP_END not in tail:
+            return (
+                f"truncated: a PyTorch zip archive of {size:,} bytes without its end record, cut short while it "
+                f"was written or copied; {again}"
+            )
+        try:
+            with zipfile.ZipFile(path) as z:
+                torch_archive = any(n.endswith("/data.pkl") or n == "data.pkl" for n in z.namelist())
+        except (zipfile.BadZipFile, OSError, ValueError):
+            torch_archive = True  # a zip whose directory is broken too: most likely a damaged checkpoint
+        if not torch_archive:
+            return "a zip archive but not a PyTorch checkpoint (no data.pkl inside); pass a .pt written by torch.save"
+        return f"damaged: a PyTorch zip archive ({size:,} bytes) whose contents cannot be read; {again}"
+    if head[:1] == b"\x80":  # a pickle stream: PyTorch's legacy format (or a plain pickle)
+        return f"truncated or damaged: a pickle ({size:,} bytes, PyTorch's legacy format) that cannot be read; {again}"
+    if _looks_darknet(head, size):
+        return (
+            "a Darknet .weights file, not a PyTorch checkpoint; give it the .weights suffix "
+            "(the format is chosen by the suffix)"
+        )
+    return (
+        f"not a PyTorch checkpoint (it starts with {head[:12]!r}); pass a .pt written by torch.save "
+        f"(train.py's last.pt or best.pt, an ultralytics .pt) or a Darknet .weights file"
+    )
+
+
+def read_torch_file(
+    path: str | Path, map_location: str | torch.device = "cpu", safe_first: bool = True, mmap: bool = False
+) -> Any:
+    """``torch.load`` a .pt/.pth file with one clear error for every way it can be unreadable.
+
+    Every reader of .pt files in this project goes through here (weights for train/test/detect, --resume,
+    --transfer).
+
+    Args:
+        map_location: where tensors go.
+        safe_first: try ``weights_only=True`` first and fall back to full unpickling only for files the safe
+            loader refuses (our checkpoints hold numpy RNG states); False unpickles fully at once. Full
+            unpickling can run code: only load files you trust.
+        mmap: map the tensors from the file instead of reading them (fast when only a few fields are needed);
+            ignored for the legacy (non-zip) format.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: ``"<file>: <what is wrong>; <what to do>"`` on one line: empty, truncated, damaged, a
+            Darknet file under a .pt name, or not a PyTorch file at all.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found (resolved: {path.resolve()}); put the file there or fix the path")
+    if mmap:  # only torch.save's zip format can be mapped
+        with open(path, "rb") as f:
+            mmap = f.read(4) == _ZIP_MAGIC
+    try:
+        if safe_first:
+            try:
+                return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+            except pickle.UnpicklingError:
+                LOGGER.info("%s: not loadable with weights_only=True, loading it as a full pickle", path)
+        return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
+    except _LOAD_ERRORS as e:
+        raise ValueError(f"{path}: {describe_unreadable(path)}") from e
+
+
 def load_checkpoint(
-    path: str | Path, map_location: str | torch.device = "cpu", require: Iterable[str] = ()
+    path: str | Path, map_location: str | torch.device = "cpu", require: Iterable[str] = (), mmap: bool = False
 ) -> dict[str, Any]:
     """Load a checkpoint dict written by ``atomic_save`` (or any ``torch.save``-d dict, e.g. ultralytics').
 
@@ -152,26 +405,18 @@ def load_checkpoint(
         path: the .pt file.
         map_location: where tensors go (default CPU; the trainer moves state to its device when loading).
         require: keys that must be present (e.g. ``('model', 'optimizer', 'epoch')`` for ``--resume``).
+        mmap: map tensors from the file (reading a few fields of a large checkpoint in milliseconds).
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a readable torch file, not a dict, or a required key is missing; the message names
-            the file.
+        ValueError: not a readable torch file (see ``read_torch_file``), not a dict, or a required key is
+            missing; the message names the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found (resolved: {path.resolve()})")
-    try:
-        # weights_only=False: our dicts hold numpy RNG states and plain Python objects (see module doc).
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except (pickle.UnpicklingError, OSError, RuntimeError, EOFError, ValueError, AttributeError, ImportError) as e:
-        # truncated zip: OSError/RuntimeError; foreign bytes: UnpicklingError; unknown classes: Attribute/ImportError
-        raise ValueError(
-            f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e}); "
-            f"fix: pass a .pt file written by torch.save (a Darknet .weights file goes to --weights)"
-        ) from e
+    # safe_first=False: our dicts hold numpy RNG states and plain Python objects (see module doc)
+    ckpt = read_torch_file(path, map_location, safe_first=False, mmap=mmap)
     if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: expected a checkpoint dict, got {type(ckpt).__name__}")
+        raise ValueError(f"{path}: expected a checkpoint dict, got {type(ckpt).__name__}; pass a checkpoint .pt")
     missing = [k for k in require if k not in ckpt]
     if missing:
         raise ValueError(f"{path}: checkpoint lacks {', '.join(missing)}; keys present: {', '.join(map(str, ckpt))}")
@@ -304,13 +549,14 @@ def _as_tuple(x: Any) -> Any:
 
 
 def next_run_dir(root: str | Path = "runs", name: str = "exp", exist_ok: bool = False) -> Path:
-    """Create and return the folder for a new run, never reusing one that holds an earlier run's files.
+    """Create and return the folder of a new run: ``root/name``, else the first free ``root/name2``, ``name3``...
 
-    ``root/name`` is used when it does not exist or is empty. Otherwise the first free ``root/name2``,
-    ``root/name3``, ... is created and a warning says so (the user chose a name that is taken; their old
-    results.txt and checkpoints stay where they are). ``exist_ok=True`` returns ``root/name`` as is, for
-    ``--resume`` into an existing run. The folder is created here, so two runs started together do not pick
-    the same one.
+    The folder is claimed by creating it (``mkdir`` fails when it exists), so of several runs started at once
+    each gets its own folder, and an existing folder is never reused, not even an empty one (another start
+    may have just made it). A start that fails before writing anything worth keeping removes its folder
+    (``remove_failed_start``), so a retry with the same ``--name`` gets the same folder back. When the name is
+    taken a warning names the folder used instead. ``exist_ok=True`` returns ``root/name`` as is (created if
+    missing), for ``--resume`` into an existing run; lock it (``RunLock``) before writing.
 
     Raises:
         ValueError: ``name`` is empty, absolute or contains a path separator or '..'.
@@ -329,11 +575,236 @@ def next_run_dir(root: str | Path = "runs", name: str = "exp", exist_ok: bool = 
         try:
             candidate.mkdir()
         except FileExistsError:
-            if candidate.is_dir() and not any(candidate.iterdir()):
-                break
             n += 1
             continue
         break
     if candidate != wanted:
-        LOGGER.warning("%s already holds a run; this run writes to %s (use --name to choose)", wanted, candidate)
+        LOGGER.warning("%s already exists; this run writes to %s (use --name to choose)", wanted, candidate)
     return candidate
+
+
+# What a start writes into its run folder before its first checkpoint (train.py, TensorBoard).
+START_FILES = (
+    "results.txt", "hyp.yaml", "opt.yaml", "labels.png", "train_batch0.jpg", "test_batch0_*.jpg",
+    "events.out.tfevents.*", LOCK_NAME,
+)  # fmt: skip
+
+
+def remove_failed_start(run_dir: str | Path, start_files: Iterable[str] = START_FILES) -> bool:
+    """Remove the folder of a run whose start failed before it saved anything worth keeping; True if removed.
+
+    Call it only for a folder this process created (``next_run_dir`` without ``exist_ok``), after releasing
+    its lock, when training raised. The folder is removed only when everything in it is what a start writes:
+    ``start_files`` (glob patterns) at the top, and a ``weights/`` folder with nothing but ``atomic_save``
+    temporary files; a ``results.txt`` with epoch rows, any checkpoint (``emergency.pt`` too), a file of the
+    user's or a lock held by a live trainer keeps it, and an INFO log line says why.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return False
+    patterns = tuple(start_files)
+    reasons = []
+    for p in sorted(run_dir.iterdir()):
+        if p.name == "weights" and p.is_dir():
+            other = [q.name for q in p.iterdir() if not (_TMP_RE.match(q.name) and q.is_file())]
+            if other:
+                reasons.append(f"weights/ holds {', '.join(sorted(other)[:3])}")
+        elif not (p.is_file() and any(fnmatch(p.name, pat) for pat in patterns)):
+            reasons.append(f"it holds {p.name}, which a start does not write")
+    results = run_dir / "results.txt"
+    if results.is_file() and len(results.read_text().splitlines()) > 1:
+        reasons.append("results.txt has epoch rows")
+    holder = lock_holder(run_dir)
+    if holder is not None:
+        reasons.append(f"it is locked by {holder.describe()}")
+    if reasons:
+        LOGGER.info("kept %s: %s", run_dir, "; ".join(reasons))
+        return False
+    for p in sorted(run_dir.rglob("*"), key=lambda q: len(q.parts), reverse=True):
+        if p.is_dir():
+            p.rmdir()
+        else:
+            p.unlink(missing_ok=True)
+    run_dir.rmdir()
+    LOGGER.info("removed %s: the start failed before saving anything", run_dir)
+    return True
+
+
+@contextlib.contextmanager
+def hold_run_dir(run_dir: str | Path, created: bool, enabled: bool = True) -> Iterator[RunLock]:
+    """Hold a run folder while training into it: ``with hold_run_dir(save_dir, created=...) as lock: train(...)``.
+
+    Takes its lock (``RunLock``; fails at once with ``RunLockedError`` when a live trainer holds it), removes
+    the temporary files that killed saves left in ``weights/`` (``remove_stale_tmp``), and releases the lock
+    at exit. When the block raises (anything, Ctrl-C included) and this start ``created`` the folder
+    (``next_run_dir`` without ``exist_ok``), the folder is removed if it holds nothing worth keeping
+    (``remove_failed_start``), so that the retry gets the same name. ``enabled=False`` (torchrun ranks other
+    than 0) makes it a no-op: those ranks never write into the folder.
+    """
+    run_dir = Path(run_dir)
+    lock = RunLock(run_dir, enabled=enabled).acquire()
+    try:
+        if lock.held:
+            remove_stale_tmp(run_dir / "weights", lock)
+        yield lock
+    except BaseException:
+        lock.release()
+        if created and enabled:
+            remove_failed_start(run_dir)
+        raise
+    finally:
+        lock.release()
+
+
+class RunState(str, enum.Enum):
+    """What a run folder holds, as ``run_status`` sees it."""
+
+    LIVE = "live"  # a trainer holds its lock
+    STOPPED = "stopped"  # weights/last.pt ends before the run's epochs: --resume continues it
+    FINISHED = "finished"  # weights/last.pt at the end of its epochs: --resume --epochs N (N larger) extends it
+    NO_CHECKPOINT = "no checkpoint"  # no weights/last.pt yet (or a failed start)
+    UNUSABLE = "unusable"  # weights/last.pt is unreadable or not a resumable checkpoint of this trainer
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """A run folder's state. ``epochs_done`` (completed epochs), ``epochs`` (the run's --epochs) and ``batch``
+    (the next batch within epoch ``epochs_done``, 0 at an epoch boundary) come from weights/last.pt; None
+    where it was not read (live, no checkpoint, unusable). ``holder`` is the live trainer, ``problem`` why
+    last.pt is unusable."""
+
+    run_dir: Path
+    state: RunState
+    last: Path
+    epochs_done: int | None = None
+    epochs: int | None = None
+    batch: int = 0
+    holder: LockHolder | None = None
+    problem: str = ""
+
+    def resumable(self, epochs: int | None = None) -> bool:
+        """Whether ``--resume`` can continue it: stopped, or finished with fewer than ``epochs`` (the command
+        line's --epochs when given explicitly) completed epochs."""
+        if self.state is RunState.STOPPED:
+            return True
+        return self.state is RunState.FINISHED and epochs is not None and epochs > (self.epochs_done or 0)
+
+    def describe(self) -> str:
+        """'stopped at epoch 3 of 10, batch 5', 'finished 10 of 10 epochs', 'live: pid ...', ..."""
+        if self.state is RunState.LIVE:
+            return f"live: {self.holder.describe() if self.holder else 'a running trainer'}"
+        if self.state is RunState.STOPPED:
+            where = f", batch {self.batch}" if self.batch else ""
+            return f"stopped at epoch {self.epochs_done} of {self.epochs}{where}"
+        if self.state is RunState.FINISHED:
+            return f"finished {self.epochs_done} of {self.epochs} epochs"
+        if self.state is RunState.NO_CHECKPOINT:
+            return f"no checkpoint ({self.last} does not exist)"
+        return f"unusable: {self.problem}"
+
+
+def run_status(run_dir: str | Path) -> RunStatus:
+    """Tell a live run from a stopped, a finished or an unusable one, from its lock and weights/last.pt.
+
+    A locked folder is LIVE whatever its checkpoint says (last.pt is not read). Otherwise last.pt is read
+    memory-mapped (milliseconds, even for a large checkpoint): FINISHED when its ``epoch + 1`` reaches the
+    ``epochs`` it was trained with at an epoch boundary (``batch`` 0), else STOPPED.
+    """
+    run_dir = Path(run_dir)
+    last = run_dir / "weights" / "last.pt"
+    holder = lock_holder(run_dir)
+    if holder is not None:
+        return RunStatus(run_dir, RunState.LIVE, last, holder=holder)
+    if not last.is_file():
+        return RunStatus(run_dir, RunState.NO_CHECKPOINT, last)
+    try:
+        ckpt = load_checkpoint(last, mmap=True)
+    except (ValueError, OSError) as e:
+        return RunStatus(run_dir, RunState.UNUSABLE, last, problem=str(e))
+    opt, epoch, batch = ckpt.get("opt"), ckpt.get("epoch"), ckpt.get("batch") or 0
+    if (
+        not isinstance(opt, dict)
+        or not isinstance(opt.get("epochs"), int)
+        or not isinstance(epoch, int)
+        or ckpt.get("optimizer") is None
+    ):
+        return RunStatus(
+            run_dir,
+            RunState.UNUSABLE,
+            last,
+            problem=f"{last} is not a resumable checkpoint of this trainer (no options or optimizer)",
+        )
+    done, epochs = epoch + 1, opt["epochs"]
+    state = RunState.FINISHED if done >= epochs and not batch else RunState.STOPPED
+    return RunStatus(run_dir, state, last, epochs_done=done, epochs=epochs, batch=int(batch))
+
+
+def latest_resumable_run(project: str | Path, epochs: int | None = None) -> tuple[RunStatus, list[RunStatus]]:
+    """The run a bare ``--resume`` continues: the most recently saved ``<project>/*/weights/last.pt`` of a run
+    that is stopped (or finished, when ``epochs`` extends it; see ``RunStatus.resumable``), never a live one.
+
+    Returns:
+        ``(chosen, skipped)``: the chosen run's status and those of the more recent runs passed over.
+
+    Raises:
+        FileNotFoundError: no run to resume; the message says what each candidate is (up to 5) and the fix.
+    """
+    project = Path(project)
+    candidates = sorted(project.glob("*/weights/last.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    if not candidates:
+        raise FileNotFoundError(f"--resume: no {project}/*/weights/last.pt found; pass --weights PATH")
+    skipped = []
+    for last in candidates:
+        status = run_status(last.parent.parent)
+        if status.resumable(epochs):
+            return status, skipped
+        skipped.append(status)
+    shown = "; ".join(f"{s.run_dir.name} {s.describe()}" for s in skipped[:5])
+    more = f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+    raise FileNotFoundError(
+        f"--resume: no stopped run in {project} ({shown}{more}); to extend a finished run pass --resume "
+        f"--name NAME --epochs N with N above its epochs, to train anew leave out --resume"
+    )
+
+
+def nonfinite_tensors(named: Iterable[tuple[str, torch.Tensor | None]]) -> list[str]:
+    """Names of the floating-point tensors that hold inf or NaN; [] when all are finite. Others are skipped.
+
+    Fast enough for every optimizer step: one fused reduction over all tensors (the 2-norm of all of them,
+    ``torch.nn.utils.get_total_norm``) is finite exactly when every element is, unless finite values are so
+    large that the norm overflows; only when the norm is not finite is each tensor checked to name them.
+    One device synchronisation per call.
+    """
+    items = [(n, t) for n, t in named if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex())]
+    tensors = [t.detach() for _, t in items if t.numel()]
+    if not tensors or bool(torch.isfinite(torch.nn.utils.get_total_norm(tensors, 2.0))):
+        return []
+    return [n for n, t in items if t.numel() and not bool(torch.isfinite(t.detach()).all())]
+
+
+def model_nonfinite(model: torch.nn.Module, weights: bool = True, grads: bool = False) -> list[str]:
+    """Names of a model's non-finite parameters and floating buffers (``weights``) and gradients (``grads``,
+    named ``<param>.grad``); [] when all are finite. See ``nonfinite_tensors`` for the cost."""
+    named: list[tuple[str, torch.Tensor | None]] = []
+    if weights:
+        named += list(model.named_parameters()) + list(model.named_buffers())
+    if grads:
+        named += [(f"{n}.grad", p.grad) for n, p in model.named_parameters()]
+    return nonfinite_tensors(named)
+
+
+def _walk_tensors(obj: Any, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            yield from _walk_tensors(v, f"{prefix}/{k}" if prefix else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _walk_tensors(v, f"{prefix}/{i}")
+
+
+def checkpoint_nonfinite(ckpt: Any) -> list[str]:
+    """Paths of the non-finite tensors anywhere in a checkpoint (model, ema, optimizer state, pending
+    gradients, ...), e.g. ``model/module_list.0.Conv2d.weight`` or ``optimizer/state/3/momentum_buffer``."""
+    return nonfinite_tensors(_walk_tensors(ckpt, ""))

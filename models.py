@@ -668,7 +668,7 @@ def load_weights_fitting(model: nn.Module, path: str | Path) -> dict:
             "(see weights/README.md) or start from scratch with --weights ''"
         )
     if path.suffix in (".pt", ".pth"):
-        sd, extra = _state_dict_of(_torch_load(path, "cpu"), path), {"format": "pt"}
+        sd, extra = _state_dict_of(read_torch_file(path, "cpu"), path), {"format": "pt"}
     else:
         sd, extra = _darknet_state_dict(model_, path)
         extra["format"] = "darknet"

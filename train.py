@@ -36,7 +36,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +50,21 @@ from tqdm import tqdm
 
 import test as evaluation  # this project's test.py (the evaluation CLI), not the standard library package
 from models import Darknet, load_weights_fitting
-from utils.checkpoint import atomic_save, load_checkpoint, make_checkpoint, next_run_dir, rng_state, set_rng_state
+from utils.checkpoint import (
+    CheckpointSaveError,
+    NonFiniteCheckpointError,
+    atomic_save,
+    hold_run_dir,
+    latest_resumable_run,
+    load_checkpoint,
+    make_checkpoint,
+    model_nonfinite,
+    next_run_dir,
+    previous_checkpoint_note,
+    remove_stale_tmp,
+    rng_state,
+    set_rng_state,
+)
 from utils.datasets import (
     CACHE_CHECK_HELP,
     CACHE_CHECKS,
@@ -86,6 +99,8 @@ from utils.loss import compute_loss, loss_counts
 from utils.metrics import fitness
 from utils.parse_config import net_values_used
 from utils.plots import plot_evolution_results, plot_images, plot_labels, plot_results
+from utils.runlock import RunLockedError, lock_holder
+from utils.runstop import StopRequest
 from utils.schedule import (
     NOMINAL_BATCH,
     RECIPES,
@@ -111,7 +126,8 @@ RESUME_MAY_CHANGE = ("device", "num_workers", "stop_after_batches")  # taken fro
 
 
 class NonFiniteLoss(RuntimeError):
-    """The loss became inf or NaN; the message names the batch's images and the loss components."""
+    """The loss or the gradients became inf or NaN; the message names the batch's images, the loss components
+    and which checkpoint files hold the last finite state."""
 
 
 @dataclass
@@ -122,35 +138,7 @@ class TrainResult:
     stopped: bool
     save_dir: Path
     best_fitness: float
-
-
-class StopRequest:
-    """Signal handler that only records the request; the loop checks it after each batch."""
-
-    def __init__(self, after_batches: int | None = None) -> None:
-        self.requested = False
-        self.after_batches = after_batches  # debug/testing: behave as if SIGTERM arrived after N batches
-        self.batches = 0
-        self._previous: dict[int, Any] = {}
-
-    def __call__(self, signum: int, frame: Any) -> None:
-        self.requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts at once
-
-    def count_batch(self) -> None:
-        self.batches += 1
-        if self.after_batches is not None and self.batches >= self.after_batches:
-            self.requested = True
-
-    def install(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self)
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
+    exit_code: int = 0  # utils.runstop: 0 finished, 130 / 143 stopped by SIGINT / SIGTERM
 
 
 # ---------------------------------------------------------------------------------------------- command line
@@ -414,6 +402,15 @@ def gradient_state(model: nn.Module) -> dict[str, torch.Tensor] | None:
     return grads or None
 
 
+def save_emergency(ckpt: dict[str, Any], path: Path) -> str:
+    """Save the last finite state after a non-finite loss or gradient; says what was saved (never inf/NaN)."""
+    try:
+        atomic_save(ckpt, path, require_finite=True)
+    except NonFiniteCheckpointError as e:
+        return f"nothing was saved ({e})"
+    return f"the state before this batch is saved to {path}"
+
+
 def resume_command(last: Path, info: DistInfo) -> str:
     """How to continue a stopped run from ``last``: the same launcher, with --resume (torchrun restarts every
     rank; the other flags may stay, the checkpoint's options win)."""
@@ -484,7 +481,7 @@ def train(
     init_seeds(opt.seed + info.rank, opt.deterministic)
     lo, hi, test_size, multi_scale = image_sizes(opt.img_size, opt.multi_scale, opt.recipe)
     world, epochs = info.world_size, opt.epochs
-    stop = StopRequest(opt.stop_after_batches)
+    stop = StopRequest(opt.stop_after_batches, announce_fd=2 if main_rank else None)
 
     # Data. Label problems surface here, before any training.
     data = resolve_data_cfg(opt.data)
@@ -569,6 +566,10 @@ def train(
     if info.distributed:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     raw_model = de_parallel(model)
+    # BatchNorm statistics as they were before the current batch's forward: a batch whose loss is not finite has
+    # already updated them, and the emergency checkpoint must hold the last finite state
+    float_buffers = [b for b in raw_model.buffers() if b.is_floating_point()]
+    buffers_before = [b.detach().clone() for b in float_buffers]
 
     def snapshot(epoch_done: int, batch: int, rank_states: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """The checkpoint at this position: ``epoch_done`` completed epochs, ``batch`` next in the next one."""
@@ -621,6 +622,7 @@ def train(
                 stepping = recipe.steps_after(ni)
                 # DDP: skip the gradient all-reduce on batches that only accumulate (forward must be inside too)
                 sync = model.no_sync() if info.distributed and not stepping else contextlib.nullcontext()
+                torch._foreach_copy_(buffers_before, float_buffers)
                 with sync:
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                         pred = model(imgs)
@@ -635,14 +637,30 @@ def train(
                         [len(targets), float(stop.requested)])]), info)
                     loss_items, n_targets, stop_any = shared[:4], int(shared[4]), bool(shared[5] > 0)
                     if not torch.isfinite(loss_items).all():
-                        if main_rank:
-                            atomic_save(snapshot(epoch - 1, i), wdir / "emergency.pt")
+                        torch._foreach_copy_(float_buffers, buffers_before)
+                        states = gather_rank_states({"rng": rng_state(), "grads": gradient_state(raw_model)}, info)
+                        saved = save_emergency(snapshot(epoch - 1, i, states), wdir / "emergency.pt") \
+                            if main_rank else ""
                         raise NonFiniteLoss(
                             f"non-finite loss at epoch {epoch} batch {i}: box, obj, cls, total = "
                             f"{loss_items.tolist()}; images of this batch:\n  " + "\n  ".join(paths)
-                            + f"\nstate before this batch saved to {wdir / 'emergency.pt'} ({last} untouched)")
+                            + f"\n{saved}; {previous_checkpoint_note(last)}")
                     loss = loss * (batch_size / NOMINAL_BATCH) * world  # hyp evolved at bs 64; DDP averages ranks
                     scaler.scale(loss).backward()
+                # fp16 AMP's GradScaler skips steps with inf/NaN gradients itself; otherwise they would poison the
+                # weights, so look before stepping (DDP: the gradients are all-reduced, every rank agrees)
+                bad = model_nonfinite(raw_model, weights=False, grads=True) \
+                    if stepping and not scaler.is_enabled() else []
+                if bad:
+                    torch._foreach_copy_(float_buffers, buffers_before)
+                    states = gather_rank_states({"rng": rng_state(), "grads": None}, info)
+                    saved = save_emergency(snapshot(epoch - 1, i, states), wdir / "emergency.pt") \
+                        if main_rank else ""
+                    raise NonFiniteLoss(
+                        f"non-finite gradients at epoch {epoch} batch {i} ({', '.join(bad[:3])}"
+                        f"{' and more' if len(bad) > 3 else ''}): the weights were not updated; images of this "
+                        f"batch:\n  " + "\n  ".join(paths) + f"\n{saved} (without the gradients accumulated "
+                        f"since the last optimizer step); {previous_checkpoint_note(last)}")
                 if stepping:
                     scaler.step(optimizer)
                     scaler.update()
@@ -661,23 +679,24 @@ def train(
                 if stop_any and i + 1 < nb:
                     states = gather_rank_states({"rng": rng_state(), "grads": gradient_state(raw_model)}, info)
                     if main_rank:
-                        atomic_save(snapshot(epoch - 1, i + 1, states), last)
+                        atomic_save(snapshot(epoch - 1, i + 1, states), last, require_finite=True)
                         print(f"\nStopped at epoch {epoch} batch {i + 1}/{nb}; saved {last}. "
                               f"Continue with: {resume_command(last, info)}")
                     barrier(info)
-                    return TrainResult(results, True, save_dir, best_fitness)
+                    return TrainResult(results, True, save_dir, best_fitness, stop.exit_code(False))
 
             # End of epoch: test and log (rank 0), then save (rank 0, with every rank's RNG state).
             final = epoch + 1 == epochs
             if main_rank:
                 if not opt.notest or final:
-                    results, _maps = evaluation.test(
-                        opt.cfg, opt.data, batch_size=batch_size, img_size=test_size,
-                        model=ema.ema if ema is not None else raw_model, dataloader=testloader,
-                        conf_thres=0.001, iou_thres=0.6, single_cls=opt.single_cls, save_dir=save_dir,
-                        names=names, hyp=loss_hyp, plots=epoch == start_epoch or final,
-                        multi_label=ni > recipe.n_burn,
-                    )  # fmt: skip
+                    with stop.during(f"the test of epoch {epoch}"):
+                        results, _maps = evaluation.test(
+                            opt.cfg, opt.data, batch_size=batch_size, img_size=test_size,
+                            model=ema.ema if ema is not None else raw_model, dataloader=testloader,
+                            conf_thres=0.001, iou_thres=0.6, single_cls=opt.single_cls, save_dir=save_dir,
+                            names=names, hyp=loss_hyp, gr=settings.gr, plots=epoch == start_epoch or final,
+                            multi_label=ni > recipe.n_burn,
+                        )  # fmt: skip
                     results = tuple(float(x) for x in results)
                 with results_file.open("a") as f:
                     f.write(results_row(epoch, memory_gb(device), mloss, n_targets, img_size, results))
@@ -697,7 +716,7 @@ def train(
                 states = gather_rank_states({"rng": rng_state(), "grads": gradient_state(raw_model)}, info)
                 if main_rank:
                     ckpt_now = snapshot(epoch, 0, states)
-                    atomic_save(ckpt_now, last)
+                    atomic_save(ckpt_now, last, require_finite=True)
                     if improved and not opt.nosave:
                         atomic_save(ckpt_now, best)
                     if epoch > 0 and epoch % 10 == 0 and not opt.nosave:
@@ -707,7 +726,7 @@ def train(
             if stop_any:
                 if main_rank and not final:
                     print(f"\nStopped after epoch {epoch}; continue with: {resume_command(last, info)}")
-                return TrainResult(results, not final, save_dir, best_fitness)
+                return TrainResult(results, not final, save_dir, best_fitness, stop.exit_code(final))
     finally:
         stop.uninstall()
         if tb is not None:
@@ -745,17 +764,52 @@ def restore_rank_state(model: nn.Module, ckpt: dict[str, Any], info: DistInfo, d
 # ---------------------------------------------------------------------------------------------- resume, evolve
 
 
+class ResumeError(ValueError):
+    """--resume cannot continue: no run to resume, or the chosen run folder is held by a live trainer."""
+
+
+def run_folder(path: Path) -> Path:
+    """The run folder of a checkpoint: ``runs/NAME`` for ``runs/NAME/weights/last.pt``."""
+    return path.parent.parent if path.parent.name == "weights" else path.parent
+
+
 def find_resume_checkpoint(opt: argparse.Namespace) -> Path:
-    """--resume: --weights PATH if given, else <project>/<name>/weights/last.pt with --name, else the most
-    recently modified <project>/*/weights/last.pt. Under torchrun only rank 0 calls this (see prepare_resume)."""
+    """--resume: --weights PATH if given, else <project>/<name>/weights/last.pt with --name, else the last.pt of the
+    most recently saved run in <project> that is stopped, never a live one (with ``--epochs N`` also a finished
+    run of fewer epochs, which then extends). Under torchrun only rank 0 calls this (see prepare_resume)."""
     if opt.weights:
         return Path(opt.weights)
     if opt.name:
         return Path(opt.project) / opt.name / "weights" / "last.pt"
-    candidates = sorted(Path(opt.project).glob("*/weights/last.pt"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise FileNotFoundError(f"--resume: no {opt.project}/*/weights/last.pt found; pass --weights PATH")
-    return candidates[-1]
+    chosen, skipped = latest_resumable_run(opt.project, opt.epochs if "epochs" in opt.explicit else None)
+    for s in skipped:
+        print(f"--resume: skipped {s.run_dir} ({s.describe()})")
+    print(f"--resume: continuing {chosen.run_dir} ({chosen.describe()}), the latest stopped run in {opt.project}")
+    return chosen.last
+
+
+def resume_epochs(saved_epochs: int, epochs_done: int, batch: int, wanted: int | None, path: Path) -> int:
+    """The --epochs a resumed run trains to: the checkpoint's, or ``wanted`` (``--resume --epochs N``) when given.
+
+    N larger than the completed epochs extends the run, a finished one too (as the 2019 seed resumed at
+    ``epoch + 1`` and ran to the command line's ``--epochs``). The schedule is a pure function of (epoch,
+    epochs), so it is then recomputed for N epochs: with the cosine the epochs still to come follow the longer
+    curve (the lr goes back up from the floor a finished run ended at); MultiStep's milestones move to 80% / 90%
+    of N. Burn-in is counted in batches since the start and is not repeated.
+
+    Raises:
+        ValueError: the run is finished and no larger N was given, or N is not larger than the completed epochs.
+    """
+    if wanted is None:
+        if epochs_done >= saved_epochs and not batch:
+            raise ValueError(f"{path}: this run already finished its {saved_epochs} epochs; nothing to resume. "
+                             f"To train it further pass --resume --epochs N with N > {saved_epochs}; to fine-tune "
+                             f"from it start a new run with --weights {path}")
+        return saved_epochs
+    if wanted <= epochs_done and not (wanted == epochs_done and batch):
+        raise ValueError(f"{path}: --epochs {wanted} is not more than the {epochs_done} epochs this run completed; "
+                         f"pass --epochs N with N > {epochs_done}")
+    return wanted
 
 
 def prepare_resume(
@@ -765,18 +819,23 @@ def prepare_resume(
 
     Under torchrun rank 0 picks the checkpoint ("latest by modification time" could differ from machine to
     machine) and every rank then loads that same path: all ranks must see it there, on shared storage or a
-    copy at the same path on every machine.
+    copy at the same path on every machine. A run folder held by a live trainer is refused before anything
+    is loaded (``ResumeError`` naming the pid and host).
     """
     info = info or DistInfo()
     found: tuple[str | None, str | None] = (None, None)  # (path, error): rank 0's answer for every rank
     if info.is_main:
         try:
-            found = (str(find_resume_checkpoint(opt)), None)
-        except FileNotFoundError as e:
+            path = find_resume_checkpoint(opt)
+            holder = lock_holder(run_folder(path))
+            if holder is not None:
+                raise RunLockedError(run_folder(path), holder, run_folder(path) / "run.lock")
+            found = (str(path), None)
+        except (FileNotFoundError, RunLockedError) as e:
             found = (None, str(e))
     path_name, error = broadcast_object(found, info)
     if error is not None:
-        raise FileNotFoundError(error)
+        raise ResumeError(error)
     path = Path(path_name)
     if info.distributed and not path.is_file():
         raise FileNotFoundError(f"rank {info.rank}: --resume checkpoint {path} (chosen by rank 0) is not on this "
@@ -791,7 +850,7 @@ def prepare_resume(
     for key in opt.explicit:
         if key in RESUME_MAY_CHANGE:
             setattr(resumed, key, getattr(opt, key))
-        elif key not in ("resume", "weights", "name", "project") and getattr(opt, key) != saved.get(key) \
+        elif key not in ("resume", "weights", "name", "project", "epochs") and getattr(opt, key) != saved.get(key) \
                 and info.is_main:
             print(f"WARNING: --resume continues with the checkpoint's {key}={saved.get(key)!r}; "
                   f"the command line's {getattr(opt, key)!r} is ignored")
@@ -799,26 +858,37 @@ def prepare_resume(
         if key not in opt.explicit:
             setattr(resumed, key, defaults[key])
     resumed.resume, resumed.explicit = True, opt.explicit
-    epochs_done = ckpt["epoch"] + 1
-    if epochs_done >= resumed.epochs and not ckpt.get("batch"):
-        raise ValueError(f"{path}: this run already finished its {resumed.epochs} epochs; nothing to resume. "
-                         f"To fine-tune from it start a new run with --weights {path}")
-    save_dir = path.parent.parent if path.parent.name == "weights" else path.parent
-    return resumed, ckpt, save_dir
+    wanted = opt.epochs if "epochs" in opt.explicit else None
+    resumed.epochs = resume_epochs(saved["epochs"], ckpt["epoch"] + 1, ckpt.get("batch", 0), wanted, path)
+    if info.is_main and resumed.epochs != saved["epochs"]:
+        print(f"--resume: training to {resumed.epochs} epochs instead of {saved['epochs']}; the schedule is "
+              f"recomputed for {resumed.epochs} epochs from epoch {ckpt['epoch'] + 1} on")
+    return resumed, ckpt, run_folder(path)
 
 
 def evolve(opt: argparse.Namespace, hyp: dict[str, float], device: torch.device, info: DistInfo) -> int:
     """--evolve: generations of (choose a parent from evolve.txt, mutate, train, append a row). Restarting
     continues from the file; ``hyp_evolved.yaml`` holds the best hyperparameters so far."""
     evolve_dir = Path(opt.project) / (opt.name or "evolve")
-    evolve_file = evolve_dir / "evolve.txt"
     gen_dir = evolve_dir / "generation"  # scratch folder of the generation in progress; evolve.txt is the record
     if info.is_main:
         gen_dir.mkdir(parents=True, exist_ok=True)
     gains = {**HYP_GAINS, "xy": 1.0, "wh": 1.0} if opt.xywh else HYP_GAINS
     gen_opt = copy.copy(opt)
     gen_opt.notest, gen_opt.nosave = True, True  # the final epoch is still tested and saved
+    with hold_run_dir(evolve_dir, created=False, enabled=info.is_main) as lock:
+        return _evolve_generations(opt, gen_opt, hyp, gains, evolve_dir, gen_dir, lock, device, info)
+
+
+def _evolve_generations(opt: argparse.Namespace, gen_opt: argparse.Namespace, hyp: dict[str, float],
+                        gains: dict[str, float], evolve_dir: Path, gen_dir: Path, lock: Any, device: torch.device,
+                        info: DistInfo) -> int:
+    """The generations of ``evolve``, with the evolve folder's lock held; returns the exit code."""
+    evolve_file = evolve_dir / "evolve.txt"
+    result = None
     for _ in range(opt.evolve):
+        if lock.held:
+            remove_stale_tmp(gen_dir / "weights", lock)  # a killed generation's interrupted saves
         child = None
         if info.is_main:
             if opt.bucket:
@@ -841,7 +911,7 @@ def evolve(opt: argparse.Namespace, hyp: dict[str, float], device: torch.device,
         barrier(info)
         if result.stopped:
             break
-    return 0
+    return 0 if result is None else result.exit_code
 
 
 @record  # under torchrun a rank's uncaught exception goes into the launcher's failure report
@@ -864,8 +934,8 @@ def main(argv: list[str] | None = None) -> int:
             ensure_builtin_dataset(opt.data, verbose=info.is_main)
         barrier(info)
         if ckpt is not None:
-            train(opt, ckpt["hyp"], save_dir, device, info, ckpt=ckpt)
-            return 0
+            with hold_run_dir(save_dir, created=False, enabled=info.is_main):
+                return train(opt, ckpt["hyp"], save_dir, device, info, ckpt=ckpt).exit_code
         hyp = load_hyp(opt.hyp) if opt.hyp else dict(DEFAULT_HYP)
         if opt.evolve is not None:
             return evolve(opt, hyp, device, info)
@@ -873,18 +943,22 @@ def main(argv: list[str] | None = None) -> int:
         save_dir = broadcast_object(save_dir, info)
         if info.is_main and opt.name is None and save_dir.name != "exp":
             print(f"This run writes to {save_dir} (earlier runs are kept)")
-        result = train(opt, hyp, save_dir, device, info)
+        # the folder is this process's until it exits; a start that fails before saving anything removes it
+        with hold_run_dir(save_dir, created=True, enabled=info.is_main):
+            result = train(opt, hyp, save_dir, device, info)
         if opt.bucket and info.is_main and not result.stopped:
             for f in ("results.txt", "weights/last.pt", "weights/best.pt"):
                 if (save_dir / f).exists():
                     gsutil_cp(save_dir / f, bucket_url(opt.bucket, f"{save_dir.name}/{f}"))
-        return 0
-    except NonFiniteLoss as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError) as e:
+        return result.exit_code
+    except (NonFiniteLoss, ValueError, FileNotFoundError, RunLockedError) as e:
         LOGGER.debug("error details", exc_info=True)
         print(f"ERROR: {e}", file=sys.stderr)
+        return 1
+    except CheckpointSaveError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        if e.path.name == "last.pt" and e.path.is_file():
+            print(f"Continue after fixing it with: {resume_command(e.path, info)}", file=sys.stderr)
         return 1
     finally:
         cleanup_distributed(info)

@@ -653,11 +653,12 @@ def test_non_finite_checkpoint_is_never_saved(tmp_path):
     next(iter(opt.state.values()))["momentum_buffer"].fill_(float("inf"))
     ckpt = make_checkpoint(epoch=1, best_fitness=0.0, training_results="", model=model, optimizer=opt)
     bad = checkpoint_nonfinite(ckpt)
-    assert bad == ["model/0.weight", "optimizer/state/0/momentum_buffer"]
+    assert bad == ["model/0.weight", "optimizer/state/0/momentum_buffer", "model_raw/0.weight"]
     with pytest.raises(NonFiniteCheckpointError) as e:
         atomic_save(ckpt, path, require_finite=True)
     assert str(e.value) == (
-        f"{path} not saved: 2 tensor(s) hold inf or NaN (model/0.weight, optimizer/state/0/momentum_buffer); "
+        f"{path} not saved: 3 tensor(s) hold inf or NaN (model/0.weight, optimizer/state/0/momentum_buffer, "
+        f"model_raw/0.weight); "
         f"the previous checkpoint {path} is intact"
     )
     assert e.value.names == bad and _md5(path) == digest

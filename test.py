@@ -6,11 +6,18 @@ Images are letterboxed into rectangular batches (``rect``, padding 0.5 stride), 
 detections go through ``non_max_suppression`` and are matched greedily to the labels at IoU 0.50:0.05:0.95
 (``utils.metrics.match_predictions``). Both mAP@0.5 and mAP@0.5:0.95 are computed here (the reference
 only had mAP@0.5:0.95 through pycocotools). With ``--save-json`` the detections are also written in COCO
-format and, given a COCO annotation file, scored by pycocotools.
+format and, given a COCO annotation file, scored by pycocotools. NMS keeps every detection (no per-image cap,
+as the reference; COCOeval applies its own maxDets).
+
+COCO image ids come from the file names as in the reference: ``int(stem.split('_')[-1])``, so
+``000000000139.jpg`` and ``COCO_val2014_000000000139.jpg`` are both image 139. With ``--save-json`` every image
+name must end in such a number, and every id must be in the annotation file when one is used; both are checked
+before the run, and a pycocotools failure is reported as one line naming the file and the fix.
 
 Results order (the return value of ``test()`` and the columns ``results.txt`` records):
 ``(P, R, mAP@0.5, mAP@0.5:0.95, F1, val_box, val_obj, val_cls)``: means over the classes present in the
-labels, then the validation losses (``compute_loss`` items averaged over batches; 0 without hyperparameters).
+labels, then the validation losses (``compute_loss`` items averaged over batches with the given ``hyp`` and
+``gr``; 0 without hyperparameters).
 """
 
 from __future__ import annotations
@@ -142,13 +149,25 @@ def print_metrics(m: Metrics, seen: int, names: Sequence[str], nc: int, verbose:
             print(ROW % (name, seen, m.nt[c], m.p[i], m.r[i], m.ap50[i], m.ap[i], m.f1[i]))
 
 
-def image_id(path: str | Path) -> int | str:
-    """COCO image id from a file name: the integer stem when numeric (000000000009.jpg -> 9), else the stem."""
-    stem = Path(path).stem
-    return int(stem) if stem.isnumeric() else stem
+def coco_image_id(path: str | Path) -> int:
+    """COCO image id of an image file, the reference's rule: the integer after the stem's last ``_``.
+
+    ``000000000139.jpg`` -> 139, ``COCO_val2014_000000000139.jpg`` -> 139.
+
+    Raises:
+        ValueError: the name does not end in a number (naming the file and the fix).
+    """
+    tail = Path(path).stem.split("_")[-1]
+    if not (tail.isascii() and tail.isdigit()):
+        raise ValueError(
+            f"{path}: --save-json needs COCO image ids from the file names (the number after the last '_', "
+            f"e.g. 000000000139.jpg or COCO_val2014_000000000139.jpg), but '{tail}' is not a number; "
+            "rename the images to their COCO ids or run without --save-json"
+        )
+    return int(tail)
 
 
-def coco_json_rows(pred: torch.Tensor, img_id: int | str, nc: int) -> list[dict]:
+def coco_json_rows(pred: torch.Tensor, img_id: int, nc: int) -> list[dict]:
     """COCO detection records of one image.
 
     Args:
@@ -180,24 +199,76 @@ def find_coco_json(img_files: Sequence[str]) -> Path | None:
     return found[0] if len(found) == 1 else None
 
 
-def run_cocoeval(anno_json: str | Path, pred_json: str | Path, img_ids: Sequence[int | str]) -> tuple[float, float]:
-    """Score a COCO detections file with pycocotools (bbox) on ``img_ids``; prints its summary.
+# What pycocotools raises on a malformed annotation or detections file (it asserts on content, indexes keys).
+COCO_ERRORS = (AssertionError, KeyError, IndexError, TypeError, ValueError, OSError)
 
-    Returns:
-        (mAP@0.5:0.95, mAP@0.5) as pycocotools computes them.
+
+def load_coco_gt(anno_json: str | Path, img_files: Sequence[str] = ()):
+    """The pycocotools ``COCO`` object of an annotation file, checked against the images to be scored.
+
+    Args:
+        anno_json: COCO instances json.
+        img_files: image paths whose ``coco_image_id`` must all be images of ``anno_json``.
+
+    Raises:
+        ImportError: pycocotools is not installed (with the install command).
+        ValueError: the file cannot be read as COCO annotations, or an image's id is not in it (one line each,
+            naming the file and the fix).
     """
     try:
         from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
     except ImportError as e:
-        raise ImportError("pycocotools is needed to score --save-json results: pip install pycocotools") from e
-    gt = COCO(str(anno_json))
-    dt = gt.loadRes(str(pred_json))
-    ev = COCOeval(gt, dt, "bbox")
-    ev.params.imgIds = list(img_ids)
-    ev.evaluate()
-    ev.accumulate()
-    ev.summarize()
+        raise ImportError(
+            f"pycocotools is needed to score --save-json results against {anno_json}: pip install pycocotools"
+        ) from e
+    try:
+        gt = COCO(str(anno_json))
+    except COCO_ERRORS as e:
+        raise ValueError(
+            f"{anno_json}: not a readable COCO annotation file ({type(e).__name__}: {e}); "
+            "give the instances_*.json of these images with --coco-json"
+        ) from e
+    known = set(gt.getImgIds())
+    for f in img_files:
+        if coco_image_id(f) not in known:
+            raise ValueError(
+                f"{anno_json}: has no image id {coco_image_id(f)} (from {f}); "
+                "give the annotation file of these images with --coco-json"
+            )
+    return gt
+
+
+def run_cocoeval(anno_json, pred_json: str | Path, img_ids: Sequence[int]) -> tuple[float, float]:
+    """Score a COCO detections file with pycocotools (bbox) on ``img_ids``; prints its summary.
+
+    Args:
+        anno_json: COCO annotation json (path) or a ``COCO`` object from ``load_coco_gt``.
+        pred_json: detections json: a list of ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``.
+        img_ids: the image ids scored.
+
+    Returns:
+        (mAP@0.5:0.95, mAP@0.5) as pycocotools computes them.
+
+    Raises:
+        ImportError: pycocotools is not installed.
+        ValueError: pycocotools rejects the files (one line naming both and the fix).
+    """
+    gt = load_coco_gt(anno_json) if isinstance(anno_json, (str, Path)) else anno_json
+    from pycocotools.cocoeval import COCOeval
+
+    try:
+        dt = gt.loadRes(str(pred_json))
+        ev = COCOeval(gt, dt, "bbox")
+        ev.params.imgIds = list(img_ids)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    except COCO_ERRORS as e:
+        raise ValueError(
+            f"{pred_json}: pycocotools could not score these detections against the annotations "
+            f"({type(e).__name__}: {e or 'assertion failed'}); its image ids and category ids must be those of "
+            "the annotation file: give the matching --coco-json, or run without --save-json"
+        ) from e
     return float(ev.stats[0]), float(ev.stats[1])
 
 
@@ -259,11 +330,13 @@ def test(
     coco_json: str | Path | None = None,
     names: Sequence[str] | None = None,
     hyp: dict | None = None,
+    gr: float = 1.0,
     plots: bool = True,
     multi_label: bool = True,
     verbose: bool = True,
     half: bool = False,
     workers: int | None = None,
+    max_det: int | None = None,
 ) -> tuple[tuple[float, ...], np.ndarray]:
     """Evaluate a model on the ``valid`` set of ``data`` (or on ``dataloader``).
 
@@ -275,7 +348,8 @@ def test(
         batch_size, img_size: of the loader built here (img_size is the long side of the letterbox).
         conf_thres, iou_thres: of ``non_max_suppression``.
         save_json: write COCO-format detections to ``save_dir/detections.json`` and score them with
-            pycocotools when a COCO annotation file is given (``coco_json``) or found beside the images.
+            pycocotools when a COCO annotation file is given (``coco_json``) or found beside the images. Image
+            names must carry COCO ids (``coco_image_id``); checked, with the annotation file, before the run.
         single_cls: treat every label and detection as class 0.
         augment: accepted for ultralytics compatibility; test-time augmentation is not implemented and this is
             rejected when True.
@@ -285,13 +359,16 @@ def test(
         device: '' / 'cpu' / '0' for a model built here.
         save_dir: folder for plots and the json; None writes nothing (plots skipped).
         coco_json: COCO annotations for pycocotools.
-        names: class names (default from ``data``).
-        hyp: loss hyperparameters for the validation losses (default ``model.hyp``; none -> losses are 0).
+        names: class names (default from ``data``, else ``'0'``, ``'1'``, ...).
+        hyp: loss hyperparameters for the validation losses (None: the losses are reported as 0).
+        gr: GIoU ratio of the objectness target in the validation losses: the trainer passes its current value
+            (it ramps from 0 to 1 during burn-in); 1.0 for a trained model.
         plots: draw ``test_batch0_gt.jpg`` and ``test_batch0_pred.jpg`` of the first batch into ``save_dir``.
         multi_label: several classes per box in NMS.
         verbose: per-class rows in the table.
         half: inference in reduced precision (fp16 on CUDA, bf16 on CPU) through autocast.
         workers: DataLoader workers for a loader built here (default min(cpus, batch_size, 8)).
+        max_det: most detections kept per image; None (default): all, as the reference.
 
     Returns:
         ``(P, R, mAP@0.5, mAP@0.5:0.95, F1, val_box, val_obj, val_cls)`` and ``maps`` (nc,): AP@0.5:0.95 per
@@ -328,9 +405,20 @@ def test(
     save_dir = Path(save_dir) if save_dir is not None else None
     if save_dir is not None:
         save_dir.mkdir(parents=True, exist_ok=True)
-    if save_json and save_dir is None:
-        raise ValueError("test: save_json needs save_dir (where detections.json goes)")
-    hyp = hyp if hyp is not None else getattr(model, "hyp", None)
+    coco_gt = None
+    if save_json:
+        if save_dir is None:
+            raise ValueError("test: save_json needs save_dir (where detections.json goes)")
+        img_files = list(getattr(dataloader.dataset, "img_files", []))
+        for f in img_files:
+            coco_image_id(f)  # a name without a COCO id fails here, before the run
+        if coco_json is not None and not Path(coco_json).is_file():
+            raise FileNotFoundError(f"{coco_json}: COCO annotation json not found (fix --coco-json)")
+        anno = Path(coco_json) if coco_json is not None else find_coco_json(img_files)
+        if anno is not None:
+            coco_gt = load_coco_gt(anno, img_files)
+        else:
+            LOGGER.info("test: no COCO annotation json found; pycocotools scoring skipped (give --coco-json)")
     low_precision = torch.float16 if dev.type == "cuda" else torch.bfloat16
     autocast = torch.autocast(dev.type, dtype=low_precision) if half else nullcontext()
 
@@ -352,10 +440,10 @@ def test(
                 inf_out, train_out = model(imgs)
             t_inf += time_synchronized() - t
             if hyp is not None:
-                loss += compute_loss([x.float() for x in train_out], targets, model, hyp=hyp)[1][:3]
+                loss += compute_loss([x.float() for x in train_out], targets, model, hyp, gr)[1][:3]
             t = time_synchronized()
             output = non_max_suppression(
-                inf_out.float(), conf_thres=conf_thres, iou_thres=iou_thres, multi_label=multi_label
+                inf_out.float(), conf_thres=conf_thres, iou_thres=iou_thres, multi_label=multi_label, max_det=max_det
             )
             t_nms += time_synchronized() - t
 
@@ -371,7 +459,7 @@ def test(
                 box = pred.clone()
                 if shapes[si] is not None:
                     scale_coords(imgs[si].shape[1:], box[:, :4], shapes[si][0], shapes[si][1])
-                img_ids.append(image_id(paths[si]))
+                img_ids.append(coco_image_id(paths[si]))
                 jdict += coco_json_rows(box, img_ids[-1], nc)
 
         if plots and batch_i == 0 and save_dir is not None:
@@ -382,20 +470,20 @@ def test(
     m = metrics_from_stats(stats, nc)
     print_metrics(m, seen, names, nc, verbose)
     if seen:
-        speeds = tuple(x / seen * 1e3 for x in (t_inf, t_nms, t_inf + t_nms)) + (img_size, img_size, batch_size)
+        size = getattr(dataloader.dataset, "img_size", img_size)  # a given loader has its own size
+        speeds = tuple(x / seen * 1e3 for x in (t_inf, t_nms, t_inf + t_nms)) + (size, size, dataloader.batch_size)
         print("Speed: %.1f/%.1f/%.1f ms inference/NMS/total per %gx%g image at batch-size %g" % speeds)  # noqa: UP031
 
     if save_json:
         pred_json = save_dir / "detections.json"
         pred_json.write_text(json.dumps(jdict))
         print(f"Detections written to {pred_json}")
-        anno = Path(coco_json) if coco_json else find_coco_json(getattr(dataloader.dataset, "img_files", []))
-        if anno is not None and jdict:
-            coco_map, coco_map50 = run_cocoeval(anno, pred_json, img_ids)
+        if coco_gt is not None and jdict:
+            coco_map, coco_map50 = run_cocoeval(coco_gt, pred_json, img_ids)
             print(f"pycocotools: mAP@0.5:0.95 {coco_map:.4f}, mAP@0.5 {coco_map50:.4f}")
             print(f"this code:   mAP@0.5:0.95 {m.map:.4f}, mAP@0.5 {m.map50:.4f}")
-        elif coco_json is None:
-            LOGGER.info("test: no COCO annotation json found; pycocotools scoring skipped (give --coco-json)")
+        elif coco_gt is not None:
+            print("pycocotools: no detections to score")
 
     model.train(was_training)
     maps = np.zeros(nc) + m.map
@@ -467,7 +555,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             out = save_dir / f"study_{Path(opt.cfg).stem}_{Path(opt.weights).stem or 'random'}.txt"
             sweep(opt, range(256, 641, 64), out)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ImportError, ValueError) as e:
         print(f"test.py: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -32,7 +32,7 @@ from utils.sources import LoadImages, LoadStreams, is_stream, list_source_files
 REPO = Path(__file__).resolve().parents[1]
 TINY_CFG = REPO / "cfg" / "yolov3-tiny.cfg"
 IMG_SIZE = 128
-CONF = 0.003  # a randomly initialised head scores about obj 0.01 x cls 0.3: low enough to get boxes
+CONF = 0.002  # a randomly initialised head scores at most obj 0.011 x best cls 0.25 = 0.0027: below that gets boxes
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from utils.boxes import box_iou
-from utils.metrics import ap_per_class, compute_ap, fitness, match_predictions
+from utils.metrics import ap_per_class, compute_ap, fitness, match_predictions, trapezoid
 
 IOUV = torch.linspace(0.5, 0.95, 10)
 
@@ -19,6 +19,17 @@ def test_compute_ap_hand_values():
     # a perfect detector scores 0.995, not 1: the curve is closed at recall 1 with precision 0 (reference)
     assert compute_ap(np.array([0.5, 1.0]), np.array([1.0, 1.0])) == pytest.approx(0.995)
     assert isinstance(ap, float)
+
+
+def test_trapezoid_equals_numpys_bit_for_bit():
+    """compute_ap integrates without np.trapezoid (numpy >= 2 only), with numpy's own arithmetic."""
+    numpy_trapezoid = getattr(np, "trapezoid", None) or np.trapz
+    rng = np.random.default_rng(0)
+    x = np.linspace(0, 1, 101)
+    for _ in range(50):
+        y = np.flip(np.maximum.accumulate(np.flip(rng.random(101))))
+        assert trapezoid(y, x) == float(numpy_trapezoid(y, x))
+    assert trapezoid(np.array([0.0, 2.0, 2.0]), np.array([0.0, 1.0, 3.0])) == 5.0
 
 
 def test_ap_per_class_hand_made():

@@ -211,3 +211,112 @@ def test_save_json_maps_back_to_original_images(test_py, coco128_dir, tmp_path, 
         print(f"\noracle detections through test(): ours mAP@0.5 {results[2]:.4f} | {coco_line}")
     assert results[2] > 0.95  # boxes under 2 pixels at 256 are dropped by NMS; 0.995 is a perfect score here
     assert coco_map50 > 0.95 and abs(coco_map50 - results[2]) < 0.02
+
+
+def test_coco_image_ids_from_file_names(test_py):
+    assert test_py.coco_image_id("images/val2014/COCO_val2014_000000000139.jpg") == 139
+    assert test_py.coco_image_id(Path("coco/images/val2017/000000000009.jpg")) == 9
+    assert test_py.coco_image_id("frame_12.png") == 12
+    for bad in ("my/images/dog.jpg", "my/images/img_0001a.jpg", "x/COCO_val2014_.jpg"):
+        with pytest.raises(ValueError, match="rename the images") as e:
+            test_py.coco_image_id(bad)
+        assert bad in str(e.value)
+
+
+class GridModel(torch.nn.Module):
+    """Eval-mode output of 225 disjoint 3x3-pixel boxes per image, each scoring 0.5 for both of 2 classes."""
+
+    def __init__(self):
+        super().__init__()
+        self.nc = 2
+        self.weight = torch.nn.Parameter(torch.zeros(1))  # test() reads the device from the parameters
+        self.calls = 0
+
+    def forward(self, imgs):
+        self.calls += 1
+        gy, gx = torch.meshgrid(torch.arange(15.0), torch.arange(15.0), indexing="ij")
+        xy = torch.stack((gx, gy), -1).view(-1, 2) * 4 + 3
+        rows = torch.cat((xy, torch.full((225, 2), 3.0), torch.full((225, 3), 0.5)), 1)  # wh 3, obj, 2 classes
+        return rows.expand(imgs.shape[0], -1, -1).clone(), []
+
+
+def test_evaluation_keeps_every_detection_and_json_ids(test_py, tmp_path, capsys):
+    """No per-image cap in test(): 450 detections per image (225 boxes x 2 classes) all reach the json."""
+    data = write_tiny_dataset(tmp_path / "tiny")
+    loader = test_py.make_dataloader(str(tmp_path / "tiny" / "images" / "val"), 64, 2, False, 2, workers=0)
+    test_py.test(
+        None, None, model=GridModel(), dataloader=loader, names=["blue", "red"], save_json=True,
+        save_dir=tmp_path / "run", plots=False,
+    )  # fmt: skip
+    rows = json.loads((tmp_path / "run" / "detections.json").read_text())
+    per_image = {i: sum(r["image_id"] == i for r in rows) for i in range(4)}
+    assert per_image == {0: 450, 1: 450, 2: 450, 3: 450}
+    assert "per 64x64 image at batch-size 2" in capsys.readouterr().out
+    # a cap only when asked for (detect.py's way)
+    test_py.test(None, str(data), model=GridModel(), img_size=64, batch_size=2, max_det=300, save_json=True,
+                 save_dir=tmp_path / "capped", plots=False, workers=0)  # fmt: skip
+    rows = json.loads((tmp_path / "capped" / "detections.json").read_text())
+    assert len(rows) == 4 * 300
+
+
+def test_save_json_names_without_ids_fail_before_the_run(test_py, tmp_path):
+    write_tiny_dataset(tmp_path / "tiny")
+    img_dir = tmp_path / "tiny" / "images" / "val"
+    (img_dir / "000001.jpg").rename(img_dir / "cat.jpg")
+    loader = test_py.make_dataloader(str(img_dir), 64, 2, False, 2, workers=0)
+    model = GridModel()
+    with pytest.raises(ValueError, match=r"cat\.jpg.*rename the images"):
+        test_py.test(None, None, model=model, dataloader=loader, names=["a", "b"], save_json=True, save_dir=tmp_path)
+    assert model.calls == 0
+
+
+def test_pycocotools_failures_are_one_line_errors(test_py, tmp_path, capsys):
+    pytest.importorskip("pycocotools")
+    write_tiny_dataset(tmp_path / "tiny")
+    img_files = sorted(str(p) for p in (tmp_path / "tiny" / "images" / "val").glob("*.jpg"))
+    anno = {
+        "images": [{"id": i, "width": 64, "height": 64, "file_name": f"{i:06d}.jpg"} for i in range(3)],
+        "annotations": [{"id": 1, "image_id": 0, "category_id": 1, "bbox": [10, 12, 30, 32], "area": 960,
+                         "iscrowd": 0}],
+        "categories": [{"id": 0, "name": "blue"}, {"id": 1, "name": "red"}],
+    }  # fmt: skip
+    anno_json = tmp_path / "instances_val.json"
+    anno_json.write_text(json.dumps(anno))
+    with pytest.raises(ValueError, match="has no image id 3") as e:  # 000003.jpg is not in the file
+        test_py.load_coco_gt(anno_json, img_files)
+    assert str(anno_json) in str(e.value) and "\n" not in str(e.value)
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"images": [')
+    with pytest.raises(ValueError, match="not a readable COCO annotation file"):
+        test_py.load_coco_gt(broken, img_files)
+    dets = tmp_path / "dets.json"
+    dets.write_text(json.dumps([{"image_id": 7, "category_id": 1, "bbox": [10, 12, 30, 32], "score": 0.9}]))
+    with pytest.raises(ValueError, match="pycocotools could not score") as e:
+        test_py.run_cocoeval(anno_json, dets, [7])
+    assert str(dets) in str(e.value) and "\n" not in str(e.value)
+    # through the CLI: exit 1 with one line naming the annotation file, before any evaluation
+    data = tmp_path / "tiny" / "tiny.data"
+    code = test_py.main(["--cfg", str(REPO / "cfg" / "yolov3-tiny.cfg"), "--data", str(data), "--img-size", "64",
+                         "--device", "cpu", "--save-json", "--coco-json", str(anno_json), "--workers", "0",
+                         "--save-dir", str(tmp_path / "cli")])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.count("\n") == 0 and "has no image id 3" in err and str(anno_json) in err
+    assert not (tmp_path / "cli" / "detections.json").exists()
+
+
+def test_validation_losses_use_the_given_gr_and_no_model_attributes(test_py, tmp_path):
+    models = pytest.importorskip("models")
+    data = write_tiny_dataset(tmp_path / "tiny")
+    torch.manual_seed(0)
+    model = models.Darknet(REPO / "cfg" / "yolov3-tiny.cfg", img_size=(64, 64), nc=2)
+    hyp = {"giou": 3.54, "cls": 37.4, "cls_pw": 1.0, "obj": 64.3, "obj_pw": 1.0, "iou_t": 0.2, "fl_gamma": 0.0}
+    run = {"batch_size": 2, "img_size": 64, "model": model, "plots": False, "verbose": False, "workers": 0}
+    gr1, _ = test_py.test(None, str(data), hyp=hyp, **run)
+    gr0, _ = test_py.test(None, str(data), hyp=hyp, gr=0.0, **run)
+    default, _ = test_py.test(None, str(data), hyp=hyp, gr=1.0, **run)
+    assert gr1[5:] == default[5:] and gr1[5] == gr0[5] and gr1[6] != gr0[6]  # gr changes only the obj target
+    model.hyp, model.gr = hyp, 0.0  # the reference's attributes: not read
+    none, _ = test_py.test(None, str(data), **run)
+    assert none[5:] == (0.0, 0.0, 0.0)
+    again, _ = test_py.test(None, str(data), hyp=hyp, **run)
+    assert again[5:] == gr1[5:]

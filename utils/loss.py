@@ -9,9 +9,10 @@ Glossary: nc classes, na anchors per layer, nt targets, nb matches in a layer, g
 objectness target, tbox/tcls the matched target boxes/classes.
 
 Where settings come from: ``hyp`` (a dict with at least giou, cls, cls_pw, obj, obj_pw, iou_t, fl_gamma; xy
-and wh for the MSE box loss) and ``gr`` are arguments; when left out they are read from ``model.hyp`` and
-``model.gr`` (default 1.0) so callers written for ultralytics keep working. ``nc`` is ``model.nc``. A
-DDP-wrapped model is unwrapped through its ``module`` attribute.
+and wh for the MSE box loss) and ``gr`` are required arguments: no state reaches the loss through model
+attributes (the reference read ``model.hyp`` and ``model.gr``, so its validation losses used whatever ``gr``
+was last set). Only the network's own structure is read from the model: ``nc``, ``yolo_layers`` and the
+anchors. A DDP-wrapped model is unwrapped through its ``module`` attribute.
 """
 
 from __future__ import annotations
@@ -64,20 +65,19 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-def _loss_hyp(model: nn.Module, hyp: dict | None, xywh: bool = False) -> dict:
-    """The hyperparameter dict to use: ``hyp`` when given, else ``model.hyp``; checks the keys needed."""
-    h = getattr(model, "hyp", None) if hyp is None else hyp
-    if h is None:
-        raise ValueError("loss: no hyperparameters; pass hyp=... or set model.hyp (see utils/hyp.py DEFAULT_HYP)")
+def _check_hyp(hyp: dict, xywh: bool = False) -> dict:
+    """``hyp`` itself, after checking it holds the keys the loss needs."""
+    if hyp is None:
+        raise ValueError("loss: hyp is None; pass the loss hyperparameters (see utils/hyp.py DEFAULT_HYP)")
     needed = LOSS_HYP_KEYS + (("xy", "wh") if xywh else ())
-    missing = [k for k in needed if k not in h]
+    missing = [k for k in needed if k not in hyp]
     if missing:
         raise ValueError(f"loss: hyperparameters {missing} missing from hyp; add them (see utils/hyp.py DEFAULT_HYP)")
-    return h
+    return hyp
 
 
 def build_targets(
-    p: Sequence[torch.Tensor], targets: torch.Tensor, model: nn.Module, hyp: dict | None = None
+    p: Sequence[torch.Tensor], targets: torch.Tensor, model: nn.Module, hyp: dict
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[torch.Tensor, ...]], list[torch.Tensor]]:
     """Assign targets to anchors and grid cells of every YOLO layer.
 
@@ -91,8 +91,8 @@ def build_targets(
         p: per-layer raw outputs (bs, na, ny, nx, 5 + nc); only their shapes are used.
         targets: (nt, 6) ``(image, class, x, y, w, h)``, xywh normalised.
         model: Darknet (or DDP-wrapped) with ``yolo_layers``, ``module_list[j].anchor_vec`` (na, 2) grid
-            units, ``nc``, and ``hyp`` unless ``hyp`` is given.
-        hyp: dict with ``iou_t``; defaults to ``model.hyp``.
+            units and ``nc``.
+        hyp: dict with ``iou_t``.
 
     Returns:
         Per-layer lists: tcls (nb,) long; tbox (nb, 4) xywh in grid units with xy relative to the cell
@@ -103,10 +103,9 @@ def build_targets(
         ValueError: a target class outside ``0 .. nc - 1``.
     """
     m = _unwrap(model)
-    h = getattr(m, "hyp", None) if hyp is None else hyp
-    if h is None or "iou_t" not in h:
-        raise ValueError("build_targets: no hyp['iou_t']; pass hyp=... or set model.hyp (see utils/hyp.py)")
-    iou_t = h["iou_t"]
+    if hyp is None or "iou_t" not in hyp:
+        raise ValueError("build_targets: no hyp['iou_t']; pass the loss hyperparameters (see utils/hyp.py)")
+    iou_t = hyp["iou_t"]
     nt = targets.shape[0]
     device = targets.device
     if nt:
@@ -146,7 +145,7 @@ def build_targets(
 
 
 def loss_counts(
-    p: Sequence[torch.Tensor], targets: torch.Tensor, model: nn.Module, hyp: dict | None = None
+    p: Sequence[torch.Tensor], targets: torch.Tensor, model: nn.Module, hyp: dict
 ) -> list[tuple[int, int, int]]:
     """Local element counts behind each mean in ``compute_loss``, one ``(n_box, n_cls, n_obj)`` per layer.
 
@@ -166,8 +165,8 @@ def compute_loss(
     p: Sequence[torch.Tensor],
     targets: torch.Tensor,
     model: nn.Module,
-    hyp: dict | None = None,
-    gr: float | None = None,
+    hyp: dict,
+    gr: float,
     xywh: bool = False,
     denominators: Sequence[tuple[int, int, int]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,9 +187,9 @@ def compute_loss(
     Args:
         p: per-layer raw outputs (bs, na, ny, nx, 5 + nc).
         targets: (nt, 6) ``(image, class, x, y, w, h)`` normalised.
-        model: Darknet or DDP-wrapped Darknet (``nc``, ``yolo_layers``, anchors; ``hyp``/``gr`` fallbacks).
-        hyp: loss hyperparameters; defaults to ``model.hyp``.
-        gr: GIoU ratio of the objectness target; defaults to ``getattr(model, 'gr', 1.0)``.
+        model: Darknet or DDP-wrapped Darknet (``nc``, ``yolo_layers``, anchors).
+        hyp: loss hyperparameters.
+        gr: GIoU ratio of the objectness target (the trainer ramps it from 0 to 1 during burn-in; 1.0 after).
         xywh: use the MSE box loss.
         denominators: None for plain means (reference numerics). Otherwise one ``(n_box, n_cls, n_obj)`` per
             layer of global counts (see ``loss_counts``); each term becomes ``sum / denominator``.
@@ -199,8 +198,7 @@ def compute_loss(
         loss (1,) and loss_items (4,) detached: (box, obj, cls, total).
     """
     m = _unwrap(model)
-    h = _loss_hyp(m, hyp, xywh)
-    gr = getattr(m, "gr", 1.0) if gr is None else gr
+    h = _check_hyp(hyp, xywh)
     nc = m.nc
     if denominators is not None and len(denominators) != len(p):
         raise ValueError(f"compute_loss: {len(denominators)} denominators for {len(p)} YOLO layers")

@@ -31,7 +31,13 @@ def compute_ap(recall: np.ndarray, precision: np.ndarray) -> float:
     mpre = np.concatenate(([0.0], precision, [0.0]))
     mpre = np.flip(np.maximum.accumulate(np.flip(mpre)))
     x = np.linspace(0, 1, 101)
-    return float(np.trapezoid(np.interp(x, mrec, mpre), x))
+    return trapezoid(np.interp(x, mrec, mpre), x)
+
+
+def trapezoid(y: np.ndarray, x: np.ndarray) -> float:
+    """Trapezoid-rule integral of ``y`` (n,) over ``x`` (n,): the arithmetic of numpy's ``trapezoid`` (``trapz``
+    before numpy 2), operation for operation, so it gives the same float on every numpy the project allows."""
+    return float((np.diff(x) * (y[1:] + y[:-1]) / 2.0).sum())
 
 
 def ap_per_class(

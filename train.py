@@ -529,7 +529,6 @@ def train(
         if opt.transfer or opt.freeze_layers:
             freeze_non_output(model)
         model.load_state_dict(ckpt["model_raw"] if "model_raw" in ckpt else ckpt["model"])
-    model.hyp, model.gr, model.names = loss_hyp, 1.0, names  # ultralytics-compatible attributes
     optimizer = build_optimizer(model, hyp, opt.adam)
     use_ema = opt.ema if opt.ema is not None else opt.recipe == "2020"
     ema = ModelEMA(model) if use_ema and main_rank else None  # only rank 0 tests and saves; DDP keeps weights equal

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from models import Darknet, load_weights
 from utils.boxes import clip_coords, scale_coords, xywh2xyxy, xyxy2xywh
-from utils.datasets import LoadImagesAndLabels, resolve_data_cfg
+from utils.datasets import CACHE_CHECK_HELP, CACHE_CHECKS, LoadImagesAndLabels, resolve_data_cfg
 from utils.general import tune_malloc
 from utils.loss import compute_loss
 from utils.metrics import ap_per_class, match_predictions
@@ -297,10 +297,12 @@ def load_model(cfg: str | Path, weights: str | Path | None, nc: int, img_size: i
 
 
 def make_dataloader(
-    path: str | Sequence[str], img_size: int, batch_size: int, single_cls: bool, nc: int, workers: int | None = None
+    path: str | Sequence[str], img_size: int, batch_size: int, single_cls: bool, nc: int, workers: int | None = None,
+    cache_check: str = "mtime",
 ) -> torch.utils.data.DataLoader:
     """Rectangular-batch validation loader (pad 0.5), as the reference's test loader."""
-    dataset = LoadImagesAndLabels(path, img_size, batch_size, rect=True, single_cls=single_cls, nc=nc, pad=0.5)
+    dataset = LoadImagesAndLabels(path, img_size, batch_size, rect=True, single_cls=single_cls, nc=nc, pad=0.5,
+                                  cache_check=cache_check)
     if workers is None:
         workers = min(os.cpu_count() or 1, batch_size if batch_size > 1 else 0, 8)
     return torch.utils.data.DataLoader(
@@ -337,6 +339,7 @@ def test(
     half: bool = False,
     workers: int | None = None,
     max_det: int | None = None,
+    cache_check: str = "mtime",
 ) -> tuple[tuple[float, ...], np.ndarray]:
     """Evaluate a model on the ``valid`` set of ``data`` (or on ``dataloader``).
 
@@ -368,6 +371,7 @@ def test(
         verbose: per-class rows in the table.
         half: inference in reduced precision (fp16 on CUDA, bf16 on CPU) through autocast.
         workers: DataLoader workers for a loader built here (default min(cpus, batch_size, 8)).
+        cache_check: label cache key of a loader built here: ``'mtime'`` or ``'content'`` (see utils.datasets).
         max_det: most detections kept per image; None (default): all, as the reference.
 
     Returns:
@@ -400,7 +404,7 @@ def test(
     if dataloader is None:
         if data_dict is None:
             raise ValueError("test: no dataloader given and no data to build one from")
-        dataloader = make_dataloader(data_dict["valid"], img_size, batch_size, single_cls, nc, workers)
+        dataloader = make_dataloader(data_dict["valid"], img_size, batch_size, single_cls, nc, workers, cache_check)
 
     save_dir = Path(save_dir) if save_dir is not None else None
     if save_dir is not None:
@@ -533,6 +537,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--save-dir", default="runs/test", help="folder for plots, detections.json and sweep results")
     p.add_argument("--workers", type=int, default=None, help="dataloader workers (default min(cpus, batch, 8))")
     p.add_argument("--half", action="store_true", help="reduced-precision inference (fp16 CUDA, bf16 CPU)")
+    p.add_argument("--cache-check", choices=CACHE_CHECKS, default="mtime", help=CACHE_CHECK_HELP)
     p.add_argument("--verbose", action="store_true", help="also log diagnostics (per-class rows are always printed)")
     return p.parse_args(argv)
 
@@ -548,7 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             test(
                 opt.cfg, opt.data, opt.weights or None, opt.batch_size, opt.img_size, opt.conf_thres, opt.iou_thres,
                 opt.save_json, opt.single_cls, device=opt.device, save_dir=save_dir, coco_json=opt.coco_json,
-                half=opt.half, workers=opt.workers,
+                half=opt.half, workers=opt.workers, cache_check=opt.cache_check,
             )  # fmt: skip
         elif opt.task == "benchmark":
             sweep(opt, range(320, 609, 64), save_dir / "benchmark.txt")

@@ -927,7 +927,9 @@ class LoadImagesAndLabels(Dataset):
         self.batch = np.arange(self.n) // batch_size
         self.batch_shapes = None
         if rect:
-            irect = (shapes[:, 1] / shapes[:, 0]).argsort(kind="stable")
+            # numpy's default sort, as the reference: ties between equal aspect ratios then fall as they did there
+            # (on the same numpy and CPU), which decides some images' letterbox shapes (README parity table)
+            irect = (shapes[:, 1] / shapes[:, 0]).argsort()
             self.img_files = [self.img_files[i] for i in irect]
             self.label_files = [self.label_files[i] for i in irect]
             self.labels = [self.labels[i] for i in irect]

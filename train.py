@@ -174,7 +174,13 @@ def build_parser(argument_default: Any = None) -> argparse.ArgumentParser:
                    "trains multi-scale in MIN..MAX and tests at MAX; 'MIN MAX TEST' sets the test size too")
     p.add_argument("--rect", action="store_true", default=d(False), help="rectangular training batches (no mosaic)")
     p.add_argument("--resume", action="store_true", default=d(False),
-                   help="resume from --weights PATH, else runs/<name>/weights/last.pt, else the latest run")
+                   help="continue a stopped run exactly where it stopped: --weights PATH, else "
+                   "<project>/<name>/weights/last.pt with --name, else the latest stopped run (never one that is "
+                   "still training: a run folder belongs to one live trainer). --resume --epochs N with N above the "
+                   "epochs done extends a run, a finished one too; the schedule is then recomputed for N epochs "
+                   "from the next epoch on (the cosine's remaining epochs follow the N-epoch curve, MultiStep's "
+                   "milestones move to 80%%/90%% of N; burn-in is not repeated). Exit code 0 when the epochs are "
+                   "done, 130 / 143 when Ctrl-C / SIGTERM stopped the run after saving")
     p.add_argument("--transfer", action="store_true", default=d(False),
                    help="transfer learning as the seed: load weights/yolov3-spp.pt (or --weights) where shapes fit "
                    "and train only the output convolutions (to fine-tune every layer, use --weights alone)")

@@ -98,10 +98,15 @@ def baseline(tmp_path_factory: pytest.TempPathFactory, repo_root: Path, data_cfg
     single = subprocess.run([sys.executable, "train.py", *train_args(data_cfg, base / "single", "run")],
                             cwd=repo_root, env=launch_env(), capture_output=True, text=True, timeout=TIMEOUT)
     check(single)
+    # the same single process on 2 threads: other float summation orders, the noise floor of "equal"
+    threads2 = subprocess.run([sys.executable, "train.py", *train_args(data_cfg, base / "single2", "run")],
+                              cwd=repo_root, env={**launch_env(), "OMP_NUM_THREADS": "2"}, capture_output=True,
+                              text=True, timeout=TIMEOUT)  # fmt: skip
+    check(threads2)
     logs = base / "logs"
     check(torchrun(["--standalone", "--nproc_per_node", "2"], train_args(data_cfg, base / "ddp", "run"), repo_root,
                    logs), logs)  # fmt: skip
-    return {"single": base / "single", "ddp": base / "ddp", "logs": logs}
+    return {"single": base / "single", "single2": base / "single2", "ddp": base / "ddp", "logs": logs}
 
 
 def test_two_ranks_train_like_one_process(baseline: dict[str, Path]) -> None:
@@ -120,10 +125,12 @@ def test_two_ranks_train_like_one_process(baseline: dict[str, Path]) -> None:
     rows = (run / "results.txt").read_text().splitlines()
     assert len(rows) == 3 and rows[0].split()[0] == "epoch"
 
-    # the global batch, seed and schedule are those of the single process: same weights up to float rounding
+    # the global batch, seed and schedule are those of the single process: the same weights up to float rounding,
+    # i.e. no further from the single process than that process is from itself on 2 threads (from scratch at
+    # lr0 the first steps amplify rounding: about 1e-4 after 2 epochs here; without --sync-bn the gap is 1e-2)
     single, ddp = weights(baseline["single"] / "run"), weights(run)
-    diff = max_abs_diff(single, ddp)
-    assert all(torch.allclose(single[k].double(), ddp[k].double(), rtol=1e-4, atol=1e-5) for k in single), diff
+    diff, floor = max_abs_diff(single, ddp), max_abs_diff(single, weights(baseline["single2"] / "run"))
+    assert diff <= max(2 * floor, 1e-5), f"2 ranks differ from 1 process by {diff}, 1 vs 2 threads by {floor}"
     # and the per-epoch training losses (box, obj, cls, total, targets) agree as well
     single_rows = (baseline["single"] / "run" / "results.txt").read_text().splitlines()[1:]
     for a, b in zip(single_rows, rows[1:]):

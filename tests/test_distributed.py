@@ -257,6 +257,13 @@ def _two_rank_worker(rank: int, port: int, out_dir: str) -> None:
         )
         plain.zero_grad()
         synced.zero_grad()
+    # a channel whose mean is 3000 times its spread: the variance of float32 squares would be percent-off
+    torch.manual_seed(1)
+    far = convert_sync_bn(nn.Sequential(nn.BatchNorm2d(2, momentum=1.0)), info)  # running_var = the batch's
+    x_far = torch.randn(sum(SPLIT), 2, 8, 8) * 0.1 + 300
+    far(x_far[lo:hi])
+    want = x_far.double().transpose(0, 1).reshape(2, -1).var(1)
+    diffs["far_var"] = ((far[0].running_var.double() - want).abs() / want).max().item()
     sd_plain, sd_sync = plain.state_dict(), synced.state_dict()
     result["keys_equal"] = list(sd_plain) == list(sd_sync)
     diffs["buffers"] = max((sd_plain[k].double() - sd_sync[k].double()).abs().max().item() for k in sd_plain)

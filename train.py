@@ -525,7 +525,7 @@ def train(
 
     # Model, initial weights, optimizer, EMA, AMP.
     # channels-last: the convolution kernels are faster in NHWC on CPU (oneDNN) and on CUDA tensor cores
-    net_used = net_values_used(batch_size, recipe.accumulate, hi, hyp, recipe.n_burn, recipe.schedule)
+    net_used = net_values_used(batch_size, recipe.steps_accumulate, hi, hyp, recipe.n_burn, recipe.schedule)
     model = Darknet(opt.cfg, img_size=(hi, hi), nc=nc, warn_unused=main_rank, net_used=net_used)
     model = model.to(device, memory_format=CHANNELS_LAST)
     cfg_text = Path(opt.cfg).read_text()
@@ -592,7 +592,7 @@ def train(
         model_info(raw_model, img_size=hi)
         sizes = f"{lo}-{hi} (multi-scale)" if multi_scale else f"{hi}"
         print(f"Image sizes {sizes} train, {test_size} test; {world} rank(s), global batch {batch_size}, "
-              f"accumulate {recipe.accumulate}, {nb} batches per epoch; recipe {recipe.name}: burn-in "
+              f"accumulate {recipe.steps_accumulate}, {nb} batches per epoch; recipe {recipe.name}: burn-in "
               f"{recipe.n_burn} batches, {recipe.schedule} schedule, EMA {'on' if ema is not None else 'off'}; "
               f"{opt.num_workers} data workers; results in {save_dir}\nStarting training for {epochs} epochs...")
 

@@ -36,7 +36,16 @@ def test_burn_in_batches_per_recipe_and_override():
 
 
 def test_auto_accumulate_aims_at_64_images_per_step():
-    assert [auto_accumulate(b) for b in (1, 16, 24, 40, 64, 128)] == [64, 4, 3, 2, 1, 1]
+    assert [auto_accumulate(b) for b in (1, 16, 32, 64, 128)] == [64, 4, 2, 1, 0.5]
+    after = [Recipe("2020", 10, 10, 0, "cos", auto_accumulate(b), **HYP).steps_accumulate for b in (24, 40, 128)]
+    assert after == [3, 2, 1]  # max(round(64 / bs), 1) once burn-in is over
+
+
+def test_2020_accumulate_ramps_towards_the_unrounded_target():
+    """The reference interpolates towards 64 / batch_size itself and rounds each value. At batch 24 (target
+    2.667) and x = 0.8 that is round(2.333) = 2, where a ramp to the rounded target 3 would give round(2.6) = 3."""
+    r = Recipe("2020", 10, 100, 500, "cos", auto_accumulate(24), **HYP)
+    assert [r.settings(ni).accumulate for ni in (0, 150, 370, 400, 500)] == [1, 2, 2, 2, 3]
 
 
 def test_cosine_has_a_five_percent_floor():

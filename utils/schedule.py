@@ -10,7 +10,7 @@ Two recipes:
 
 - ``2020`` (the default): the reference trainer's recipe of 2020 (ultralytics/yolov3, archive branch). Burn-in of
   ``max(3 * nb, 500)`` batches; for ``ni <= n_burn`` each value is ``np.interp(ni, [0, n_burn], [start, end])``:
-  ``gr`` 0 -> 1, accumulate 1 -> ``max(round(64 / batch_size), 1)`` (rounded), the bias group's lr 0.1 -> lr0 *
+  ``gr`` 0 -> 1, accumulate 1 -> ``64 / batch_size`` (rounded, at least 1), the bias group's lr 0.1 -> lr0 *
   lf(epoch) and the other groups' 0 -> lr0 * lf(epoch), the conv-weight group's weight decay 0 -> wd, the momentum
   0.9 -> hyp momentum. Cosine ``lf(e) = ((1 + cos(e * pi / epochs)) / 2) * 0.95 + 0.05`` per epoch. An optimizer
   step when ``ni % accumulate == 0``. Multi-scale: a new size at every optimizer step, in ``[size // 1.5,
@@ -77,9 +77,11 @@ def burn_in_batches(nb: int, recipe: str = "2020", burn_in: int | None = None) -
     raise ValueError(f"recipe {recipe!r}: expected one of {', '.join(RECIPES)}")
 
 
-def auto_accumulate(batch_size: int) -> int:
-    """Batches per optimizer step so that one step sees about 64 images: ``max(round(64 / batch_size), 1)``."""
-    return max(round(NOMINAL_BATCH / batch_size), 1)
+def auto_accumulate(batch_size: int) -> float:
+    """The 2020 recipe's accumulation target ``64 / batch_size`` (unrounded: the burn-in interpolates towards it
+    and rounds each value, as the reference; after burn-in a step takes ``max(round(64 / batch_size), 1)``
+    batches, so that it sees about 64 images)."""
+    return NOMINAL_BATCH / batch_size
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,8 @@ class Recipe:
         epochs: epochs of the run; nb: batches per epoch.
         n_burn: burn-in batches (:func:`burn_in_batches`).
         schedule: ``"cos"`` or ``"multistep"`` per-epoch factor (:func:`lr_factor`).
-        accumulate: batches per optimizer step after burn-in (the 2020 burn-in ramps up to it from 1).
+        accumulate: batches per optimizer step: ``max(round(accumulate), 1)`` after burn-in; the 2020 burn-in
+            ramps from 1 towards it (``auto_accumulate``'s ``64 / batch_size`` when not given).
         lr0, momentum, weight_decay: the hyperparameters.
     """
 
@@ -111,7 +114,7 @@ class Recipe:
     nb: int
     n_burn: int
     schedule: str
-    accumulate: int
+    accumulate: float
     lr0: float
     momentum: float
     weight_decay: float
@@ -121,8 +124,13 @@ class Recipe:
             raise ValueError(f"recipe {self.name!r}: expected one of {', '.join(RECIPES)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule {self.schedule!r}: expected one of {', '.join(SCHEDULES)}")
-        if self.nb < 1 or self.epochs < 1 or self.accumulate < 1 or self.n_burn < 0:
-            raise ValueError(f"recipe needs nb, epochs, accumulate >= 1 and n_burn >= 0: {self}")
+        if self.nb < 1 or self.epochs < 1 or not self.accumulate > 0 or self.n_burn < 0:
+            raise ValueError(f"recipe needs nb, epochs >= 1, accumulate > 0 and n_burn >= 0: {self}")
+
+    @property
+    def steps_accumulate(self) -> int:
+        """Batches per optimizer step once burn-in is over."""
+        return max(1, round(self.accumulate))
 
     def epoch_lr(self, epoch: int) -> float:
         """``lr0 * lf(epoch)``: every group's learning rate once burn-in is over."""
@@ -137,10 +145,10 @@ class Recipe:
         epoch_lr = self.epoch_lr(ni // self.nb)
         wd = {"other": 0.0, "conv": self.weight_decay, "bias": 0.0}
         if not self.burning(ni):
-            return BatchSettings(dict.fromkeys(GROUPS, epoch_lr), wd, self.momentum, 1.0, self.accumulate)
+            return BatchSettings(dict.fromkeys(GROUPS, epoch_lr), wd, self.momentum, 1.0, self.steps_accumulate)
         x = ni / self.n_burn  # in [0, 1): np.interp(ni, [0, n_burn], [a, b]) == a + (b - a) * x
         if self.name == "2019":
-            return BatchSettings(dict.fromkeys(GROUPS, epoch_lr * x**4), wd, self.momentum, x, self.accumulate)
+            return BatchSettings(dict.fromkeys(GROUPS, epoch_lr * x**4), wd, self.momentum, x, self.steps_accumulate)
 
         def ramp(a: float, b: float) -> float:
             return float(np.interp(ni, [0, self.n_burn], [a, b]))
@@ -156,7 +164,7 @@ class Recipe:
         if self.name == "2020":
             return ni % self.settings(ni).accumulate == 0
         i = ni % self.nb
-        return (i + 1) % self.accumulate == 0 or i + 1 == self.nb
+        return (i + 1) % self.steps_accumulate == 0 or i + 1 == self.nb
 
     def last_step_at_or_before(self, ni: int) -> int:
         """The latest batch ``k <= ni`` after which the optimizer steps (-1 when none has yet)."""
@@ -177,7 +185,7 @@ class Recipe:
         if self.name == "2020":
             start = self.last_step_at_or_before(ni)
         else:
-            block = MULTI_SCALE_EVERY_2019 * self.accumulate
+            block = MULTI_SCALE_EVERY_2019 * self.steps_accumulate
             start = ni // block
         rng = np.random.default_rng([seed, start])
         return int(rng.integers(lo // gs, hi // gs + 1)) * gs
@@ -186,7 +194,7 @@ class Recipe:
         """What the checkpoint stores about the schedule (it is recomputed on resume, not restored)."""
         return {
             "recipe": self.name, "kind": self.schedule, "epochs": self.epochs, "n_burn": self.n_burn,
-            "accumulate": self.accumulate, "lr0": self.lr0, "epoch": epoch,
+            "accumulate": self.steps_accumulate, "lr0": self.lr0, "epoch": epoch,
             "lr_factor": lr_factor(min(epoch, self.epochs - 1), self.epochs, self.schedule),
             "milestones": multistep_milestones(self.epochs) if self.schedule == "multistep" else [],
         }  # fmt: skip

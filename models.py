@@ -19,7 +19,7 @@ from torch import nn
 
 from utils.layers import FeatureConcat, Shortcut, make_activation
 from utils.parse_config import adapt_nc, parse_model_cfg
-from utils.torch_utils import de_parallel, fuse_conv_and_bn, model_info
+from utils.torch_utils import de_parallel, fold_bn_into_conv_, model_info
 
 logger = logging.getLogger(__name__)
 
@@ -307,11 +307,15 @@ class Darknet(nn.Module):
         return torch.cat(io, 1), list(p)
 
     def fuse(self) -> Darknet:
-        """Fold each BatchNorm into the convolution before it, in place (for inference); returns self."""
+        """Fold each BatchNorm into the convolution before it, in place (for inference); returns self.
+
+        The convolutions' own weight tensors are rescaled (``fold_bn_into_conv_``): an optimizer or another
+        reference holding them sees the fused values, so fuse only a model built for inference.
+        """
         for i, m in enumerate(self.module_list):
             if isinstance(m, nn.Sequential) and hasattr(m, "BatchNorm2d") and hasattr(m, "Conv2d"):
                 fused = nn.Sequential()
-                fused.add_module("Conv2d", fuse_conv_and_bn(m.Conv2d, m.BatchNorm2d))
+                fused.add_module("Conv2d", fold_bn_into_conv_(m.Conv2d, m.BatchNorm2d))
                 if hasattr(m, "activation"):
                     fused.add_module("activation", m.activation)
                 self.module_list[i] = fused

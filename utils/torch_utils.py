@@ -12,7 +12,6 @@ from copy import deepcopy
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 logger = logging.getLogger(__name__)
 
@@ -86,24 +85,28 @@ def de_parallel(model: nn.Module) -> nn.Module:
     return model.module if is_parallel(model) else model
 
 
-def fuse_conv_and_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """Fold an eval-mode BatchNorm into the convolution before it; returns a new conv with a bias.
+def fold_bn_into_conv_(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """Fold an eval-mode BatchNorm into the convolution before it, in place; returns ``conv`` (now with a bias).
 
     Same arithmetic as the reference trainer: ``w' = w * g / sqrt(eps + var)`` and
-    ``b' = b * g / sqrt(eps + var) + beta - g * mean / sqrt(var + eps)``.
+    ``b' = b * g / sqrt(eps + var) + beta - g * mean / sqrt(var + eps)``. The weight is rescaled in its own
+    storage (no new module, no random initialisation of one, no copy: fusing yolov3-spp took ~2 s that way);
+    its parameters stop requiring gradients.
     """
-    fused = nn.Conv2d(
-        conv.in_channels, conv.out_channels, kernel_size=conv.kernel_size, stride=conv.stride,
-        padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True, padding_mode=conv.padding_mode,
-        device=conv.weight.device, dtype=conv.weight.dtype,
-    )  # fmt: skip
     with torch.no_grad():
         scale = bn.weight.div(torch.sqrt(bn.eps + bn.running_var))
-        fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
         b_conv = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
         b_bn = bn.bias - bn.weight.mul(bn.running_mean).div(torch.sqrt(bn.running_var + bn.eps))
-        fused.bias.copy_(scale * b_conv + b_bn)
-    return fused.requires_grad_(False)
+        bias = scale * b_conv + b_bn
+        conv.weight.mul_(scale.view(-1, 1, 1, 1))
+        conv.bias = nn.Parameter(bias.to(conv.weight.dtype))
+    return conv.requires_grad_(False)
+
+
+def fuse_conv_and_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A new convolution equal to ``conv`` followed by the eval-mode ``bn`` (see ``fold_bn_into_conv_``);
+    ``conv`` and ``bn`` are left unchanged."""
+    return fold_bn_into_conv_(deepcopy(conv), bn)
 
 
 def model_info(model: nn.Module, verbose: bool = False, img_size: int | tuple[int, int] = 416) -> tuple:
@@ -137,6 +140,9 @@ def _gflops(model: nn.Module, h: int, w: int, params: list[nn.Parameter]) -> flo
     ph, pw = (s, s) if s and h % s == 0 and w % s == 0 else (h, w)
     ref = params[0] if params else torch.empty(0)
     x = torch.zeros(1, 3, ph, pw, device=ref.device, dtype=ref.dtype)
+    # imported here: torch.utils.flop_counter costs ~0.15 s of start-up, and only summaries need it
+    from torch.utils.flop_counter import FlopCounterMode
+
     was_training = model.training
     model.eval()
     try:

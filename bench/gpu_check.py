@@ -269,7 +269,7 @@ def markdown(report: dict[str, object]) -> str:
                 lines.append(f"| {r['loader']} through the DataLoader ({r['workers']} workers) | | "
                              f"{r['img_s']:.0f} | data wait per epoch {waits} | | | |")
                 continue
-            fam = r.get("family_share") or {}
+            fam = {k: v for k, v in (r.get("family_share") or {}).items() if isinstance(v, float)}
             where = ", ".join(f"{k} {v:.0%}" for k, v in sorted(fam.items(), key=lambda kv: -kv[1]) if v >= 0.02)
             phases = " ".join(f"{k[:3]} {v:.0%}" for k, v in r["phase_share"].items())
             busy = "-" if r.get("kernel_share") is None else f"{r['kernel_share']:.0%}"

@@ -343,6 +343,8 @@ def _where(profile: dict[str, object] | None) -> str:
     on a GPU it starts with the share of the step during which kernels ran."""
     if not profile:
         return "-"
+    if "error" in profile:
+        return f"profiler failed: {profile['error'][:60]}"
     parts = [f"kernels {profile['kernel_share']:.0%}:"] if "kernel_share" in profile else []
     for family, share in sorted(profile["family_share"].items(), key=lambda kv: -kv[1]):
         if share >= 0.01:

@@ -127,6 +127,20 @@ OP_FAMILIES: dict[str, tuple[str, ...]] = {
     "fill/zero": ("aten::fill_", "aten::zero_", "aten::zeros", "aten::empty", "aten::empty_strided"),
     "optimizer": ("aten::_fused_sgd_", "aten::_foreach_add_", "aten::_foreach_mul_", "aten::_fused_adam_"),
 }  # fmt: skip
+# On CUDA the kernels' time is read from the operators that launched them, children included, so each family
+# names operators that do not call one another (cuDNN's convolution and batch norm, the leaf copies and fills).
+CUDA_OP_FAMILIES: dict[str, tuple[str, ...]] = {
+    "conv": ("aten::cudnn_convolution", "aten::convolution_backward"),
+    "batchnorm": ("aten::cudnn_batch_norm", "aten::cudnn_batch_norm_backward", "aten::native_batch_norm",
+                  "aten::native_batch_norm_backward"),
+    "activation": ("aten::leaky_relu_", "aten::leaky_relu", "aten::leaky_relu_backward"),
+    "copy": ("aten::copy_",),
+    "route/shortcut/upsample/pool": ("aten::cat", "aten::add", "aten::add_", "aten::upsample_nearest2d",
+                                     "aten::upsample_nearest2d_backward", "aten::max_pool2d_with_indices",
+                                     "aten::max_pool2d_with_indices_backward"),
+    "fill/zero": ("aten::fill_",),
+    "optimizer": ("aten::_fused_sgd_", "aten::_fused_adam_"),
+}  # fmt: skip
 
 
 def profile_step(step: Callable[[], object], device: torch.device, step_flop: int) -> dict[str, object]:
@@ -135,8 +149,9 @@ def profile_step(step: Callable[[], object], device: torch.device, step_flop: in
     CPU: seconds and share of the profiled step's wall time per operator family (``OP_FAMILIES``, from the
     operators' self time on the calling thread: the thread pool's kernels run inside them), and the achieved
     GFLOP/s of the convolution kernels alone (the step's counted FLOPs / convolution seconds). CUDA: the
-    share of the step during which GPU kernels ran (``kernel_share``; the rest is launch overhead, host work
-    and synchronisation), and per family the kernel time of the operators that launched them.
+    share of the step during which GPU kernels ran (``kernel_share``: all kernels' time / the step's wall time;
+    the rest is launch overhead, host work and synchronisation), and per family (``CUDA_OP_FAMILIES``) the
+    time of the kernels its operators launched, as seconds and shares of the step's wall time.
     """
     from torch.profiler import ProfilerActivity, profile
 
@@ -150,19 +165,19 @@ def profile_step(step: Callable[[], object], device: torch.device, step_flop: in
     events = prof.key_averages()
 
     def seconds(e, attr: str) -> float:
+        if not hasattr(e, attr):  # torch before 2.4 named the device times after CUDA
+            attr = attr.replace("device", "cuda")
         return getattr(e, attr, 0.0) / 1e6  # profiler times are microseconds
 
-    attr = "self_device_time_total" if cuda else "self_cpu_time_total"
-    if cuda and not any(hasattr(e, attr) for e in events):
-        attr = "self_cuda_time_total"  # older torch
-    families = dict.fromkeys(OP_FAMILIES, 0.0)
-    total = 0.0
+    # the self times add up to the whole once: on CPU each operator's own work, on CUDA each kernel's duration
+    self_attr = "self_device_time_total" if cuda else "self_cpu_time_total"
+    total = sum(seconds(e, self_attr) for e in events)
+    table, family_attr = (CUDA_OP_FAMILIES, "device_time_total") if cuda else (OP_FAMILIES, self_attr)
+    families = dict.fromkeys(table, 0.0)
     for e in events:
-        t = seconds(e, attr)
-        total += t
-        for family, names in OP_FAMILIES.items():
+        for family, names in table.items():
             if e.key in names:
-                families[family] += t
+                families[family] += seconds(e, family_attr)
     families["other"] = max(total - sum(families.values()), 0.0)
     out: dict[str, object] = {
         "profiled_step_s": wall,
@@ -243,7 +258,12 @@ def bench_train_step(
     timing = measure(step, reps=reps, warmup=0, budget_s=budget_s, device=device)
 
     phases = {name: float(np.median(v)) for name, v in step.phases.items()}
-    profile = profile_step(step, device, step_flop) if profiling else None
+    profile = None
+    if profiling:
+        try:
+            profile = profile_step(step, device, step_flop)
+        except RuntimeError as e:  # a profiler that cannot start here (e.g. no CUPTI) costs the figure, not the row
+            profile = {"error": f"{type(e).__name__}: {e}"}
     total = sum(phases.values())
     gflop_img = step_flop / batch_size / 1e9
     result: dict[str, object] = {

@@ -70,7 +70,13 @@ class YOLOLayer(nn.Module):
         xywh in input pixels, sigmoid objectness and class scores, ordered anchor, then row, then column.
         """
         bs, _, ny, nx = p.shape
-        p = p.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
+        if p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous():
+            # Channels-last memory is (bs, ny, nx, na, no): view it so, then copy once into (bs, na, ny, nx, no).
+            # Same values as the NCHW path below; but the backward pass now hands the head convolution a
+            # channels-last gradient with one copy, where the NCHW view cost two (reshape, then channels-last).
+            p = p.permute(0, 2, 3, 1).view(bs, ny, nx, self.na, self.no).permute(0, 3, 1, 2, 4).contiguous()
+        else:
+            p = p.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
         if self.training:
             return p
         grid, anchor_wh = self._grid(ny, nx, p.device, p.dtype)

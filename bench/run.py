@@ -38,7 +38,7 @@ from utils.general import tune_malloc  # noqa: E402
 LOGGER = logging.getLogger("bench")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "datasets" / "coco128"
-SECTIONS = ("ceiling", "nms", "loader", "infer", "train", "epoch")
+SECTIONS = ("ceiling", "nms", "loader", "infer", "train", "epoch", "memory")
 IMAGE_SUFFIXES = {".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".dng", ".webp"}
 
 
@@ -188,7 +188,7 @@ def run_sections(
     reps = 1 if args.quick else args.reps
     budget = 1.0 if args.quick else args.budget
     images: str | list[str] | None = None
-    if {"loader", "train", "epoch"} & set(args.sections) or args.weights:
+    if {"loader", "train", "epoch", "memory"} & set(args.sections) or args.weights:
         images, results["data"] = resolve_images(args.data, args.quick, scratch)
 
     def section_ceiling() -> object:
@@ -255,7 +255,13 @@ def run_sections(
             out.update(time_train_py(scratch, device))
         return out
 
+    def section_memory() -> object:
+        from bench.memory import bench_memory
+
+        return bench_memory(images, args.quick, default_hyp(), torch.get_num_threads())
+
     sections = {
+        "memory": ("memory", section_memory),
         "ceiling": ("ceilings", section_ceiling),
         "nms": ("nms", section_nms),
         "loader": ("loader", section_loader),
@@ -398,6 +404,28 @@ def format_section(key: str, data: object) -> str:
         rows = [[r["model"], r["img_size"], r["batch_size"], r["fused"], r["precision"], _spread(r["ms_per_img"])]
                 for r in data]
         return table(["model", "size", "batch", "fused", "prec", "ms/img median (min-max)"], rows)
+    if key == "memory":
+        c = data["ram_cache"]
+        lines = [f"RAM image cache (default ram_cache_mb={c['ram_cache_mb_default']:.0f}, at most half of /dev/shm's "
+                 f"{c['dev_shm_free_gib']} GiB free) at {c['img_size']}: "]
+        if c.get("cache"):
+            big = next(v for k, v in c.items() if k.startswith("set_of_"))
+            lines[0] += (f"{c['images_cached_after_one_pass']} of {c['images']} images cached after one pass, "
+                         f"{c['used_mib']} MiB used of {c['reserved_mib']} MiB reserved, "
+                         f"{c['bytes_per_image'] / 2**10:.0f} KiB per image")
+            n_big = next(k for k in c if k.startswith("set_of_"))[7:]
+            lines.append(f"a {n_big}-image set of this kind: {big['decoded_gib']} GiB decoded; the default cache "
+                         f"holds {big['default_cache_holds_images']} of them ({big['default_cache_gib']} GiB), "
+                         "--cache-images would need "
+                         f"{big['cache_images_needs_gib']} GiB per process (MemAvailable here "
+                         f"{big['mem_available_gib']} GiB)")
+        else:
+            lines[0] += "no cache (budget 0 or /dev/shm too small)"
+        rows = [[h["mode"], h["tuned"], h["model"], h["batch_size"], h["sizes"], h["peak_rss_mib"], h["end_rss_mib"],
+                 h["step_s_median"]] for h in data["heap"]]
+        lines.append(table(["heap", "applied", "model", "batch", "sizes", "peak RSS MiB", "end RSS MiB",
+                            "step s median"], rows))
+        return "\n".join(lines)
     if key == "nms":
         rows = [[r["source"], r["layout"], r["conf_thres"], r["batch_size"], r["rows_above_conf"],
                  r["pairs_above_conf"], r["kept_per_img"], _spread(r["ms_per_img"])] for r in data]

@@ -154,7 +154,7 @@ def load_model(
         nc = nc if nc is not None else len(names)
     model = Darknet(cfg, nc=nc)
     try:
-        load_weights(model, weights)
+        load_weights(model, weights, checkpoint=state_dict)  # a .pt is read once, by read_checkpoint_info
     except ValueError as e:
         if nc is None:  # Darknet .weights carry no class count: the cfg's was assumed
             raise ValueError(f"{e}. If {weights} was trained for other classes than {cfg}'s, pass --names") from e

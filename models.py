@@ -532,12 +532,16 @@ def _describe_key(k: str, sd: dict, msd: dict) -> str:
     return k + ckpt + ("," if ckpt and model else "") + model
 
 
-def load_weights(model: Darknet, path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+def load_weights(
+    model: Darknet, path: str | Path, map_location: str | torch.device = "cpu", checkpoint: object | None = None
+) -> dict:
     """Load Darknet ``.weights`` or a PyTorch ``.pt``/``.pth`` into ``model``, strictly.
 
     ``.pt`` may be our checkpoint (``{'model': state_dict, ...}``, optionally with ``'ema'``), an ultralytics one
     (``{'model': state_dict or module}``) or a raw state_dict. Other suffixes are read as Darknet files (cutoff
-    from the name, see ``load_darknet_weights``).
+    from the name, see ``load_darknet_weights``). ``checkpoint``: the ``.pt`` file's contents (or its model
+    state_dict) when the caller has read it already, so that it is not read again (a second ``torch.load`` of
+    a yolov3-spp checkpoint took ~0.9 s of detect.py's start).
 
     Returns:
         report dict (``format`` 'darknet' or 'pt', tensors_loaded, ...).
@@ -555,7 +559,7 @@ def load_weights(model: Darknet, path: str | Path, map_location: str | torch.dev
         )
     if path.suffix not in (".pt", ".pth"):
         return {"format": "darknet", **load_darknet_weights(model_, path)}
-    ckpt = _torch_load(path, map_location)
+    ckpt = _torch_load(path, map_location) if checkpoint is None else checkpoint
     sd = _state_dict_of(ckpt, path)
     msd = model_.state_dict()
     missing = [k for k in msd if k not in sd and not k.endswith("num_batches_tracked")]

@@ -340,6 +340,18 @@ def test_official_weights_detect_with_coco_names(tmp_path):
     assert res["detections"] > 0 and "bowl" in line, line  # a bowl of broccoli and oranges
 
 
+def test_a_checkpoint_is_read_once(tiny_ckpt, monkeypatch):
+    reads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: reads.append(a[0]) or real_load(*a, **k))
+    model, names = load_model(TINY_CFG, tiny_ckpt, torch.device("cpu"))
+    assert reads == [tiny_ckpt] and names == list(CLASS_NAMES)
+    expected = Darknet(TINY_CFG, nc=len(CLASS_NAMES))
+    expected.load_state_dict(real_load(tiny_ckpt, weights_only=True)["model"])
+    head = f"module_list.{model.yolo_layers[0] - 1}.Conv2d.weight"  # no BatchNorm: fusing leaves it as loaded
+    assert torch.equal(model.state_dict()[head], expected.state_dict()[head])
+
+
 def test_fusing_leaves_the_source_conv_and_the_rng_alone():
     torch.manual_seed(0)
     conv, bn = torch.nn.Conv2d(4, 6, 3, padding=1, bias=False), torch.nn.BatchNorm2d(6, eps=1e-4)

@@ -44,6 +44,12 @@ def test_quick_run_writes_json(tmp_path: Path) -> None:
     assert {r["conf_thres"] for r in data["nms"]} == {0.001, 0.1}
     assert data["epoch"]["images"] == 8 and data["epoch"]["seconds"] > 0
     assert data["comparison"] == []  # quick figures are not comparable with the reference
+    heap = {h["mode"]: h for h in data["memory"]["heap"]}
+    assert heap["tuned"]["tuned"] is True and heap["default"]["tuned"] is False
+    assert all(h["peak_rss_mib"] >= h["end_rss_mib"] > 0 for h in heap.values())
+    cache = data["memory"]["ram_cache"]
+    assert cache["images_cached_after_one_pass"] == 8 and cache["used_mib"] <= cache["reserved_mib"]
+    assert train["profile"]["family_share"]["conv"] > 0 and train["build_targets_ms"] > 0
 
 
 def test_only_and_bad_arguments(tmp_path: Path) -> None:

@@ -13,7 +13,9 @@ with ``--save-conf``), so predictions can be reviewed and relabelled.
 Weights: our checkpoints (``.pt`` from train.py, which also carry the class names; their EMA weights are used
 when the run kept one, as test.py did), ultralytics ``.pt`` files, raw state_dicts, or Darknet ``.weights``. The
 number of classes comes from ``--names`` when given, else from the checkpoint (its ``names``, or the shape of the
-convolutions feeding the YOLO layers), else from the cfg.
+convolutions feeding the YOLO layers), else from the cfg. Class names come from ``--names``, else from the
+checkpoint, else, for an 80-class model (the official Darknet weights), from ``data/coco128.names`` (the COCO
+names, as the reference's default ``--names``), else they are the class indices.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ from utils.torch_utils import select_device, time_synchronized
 logger = logging.getLogger(__name__)
 
 MAX_STRIDE = 32
+# The 80 COCO class names in training order: what an 80-class model without names is assumed to detect, as the
+# reference's default --names data/coco.names did (the official Darknet weights carry no names).
+COCO_NAMES = Path(__file__).resolve().parent / "data" / "coco128.names"
 
 
 def load_names(path: str | Path) -> list[str]:
@@ -121,11 +126,14 @@ def load_model(
     device: torch.device,
     names: Sequence[str] | None = None,
     half: bool = False,
+    coco_names: str | Path = COCO_NAMES,
 ) -> tuple[Darknet, list[str]]:
     """Build ``Darknet(cfg)`` for the weights' class count, load the weights, fuse conv+BN and set eval mode.
 
     Args:
-        names: class names; when None they come from the checkpoint, else are the class indices as strings.
+        names: class names; when None they come from the checkpoint, else for an 80-class model from
+            ``coco_names`` (the COCO names), else are the class indices as strings.
+        coco_names: the ``.names`` file assumed for an 80-class model without names.
         half: cast the model to float16 (CUDA only).
     Returns (model on ``device``, class names). Raises ValueError when the names do not fit the weights.
     """
@@ -144,7 +152,7 @@ def load_model(
         nc = nc if nc is not None else len(names)
     model = Darknet(cfg, nc=nc)
     try:
-        load_weights(model, weights)
+        load_weights(model, weights, checkpoint=state_dict)  # a .pt is read once, by read_checkpoint_info
     except ValueError as e:
         if nc is None:  # Darknet .weights carry no class count: the cfg's was assumed
             raise ValueError(f"{e}. If {weights} was trained for other classes than {cfg}'s, pass --names") from e
@@ -153,6 +161,10 @@ def load_model(
         # the EMA weights are the ones train.py tested with --ema (ultralytics saved them as 'model')
         model.load_state_dict({k.removeprefix("module."): v for k, v in ema.items()})
         logger.info("%s: using its EMA weights", weights)
+    if names is None and model.nc == 80 and Path(coco_names).is_file():
+        names = load_names(coco_names)
+        logger.info("no --names given and %s carries none: using the 80 COCO class names of %s (pass --names "
+                    "for other classes)", weights, coco_names)
     if names is None:
         logger.warning("no --names given and %s carries none: classes are shown as numbers", weights)
         names = [str(i) for i in range(model.nc)]

@@ -21,7 +21,7 @@ from torch import nn
 from utils.checkpoint import read_torch_file
 from utils.layers import FeatureConcat, Shortcut, make_activation
 from utils.parse_config import adapt_nc, parse_model_cfg
-from utils.torch_utils import de_parallel, fuse_conv_and_bn, model_info
+from utils.torch_utils import de_parallel, fold_bn_into_conv_, model_info
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,13 @@ class YOLOLayer(nn.Module):
         xywh in input pixels, sigmoid objectness and class scores, ordered anchor, then row, then column.
         """
         bs, _, ny, nx = p.shape
-        p = p.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
+        if p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous():
+            # Channels-last memory is (bs, ny, nx, na, no): view it so, then copy once into (bs, na, ny, nx, no).
+            # Same values as the NCHW path below; but the backward pass now hands the head convolution a
+            # channels-last gradient with one copy, where the NCHW view cost two (reshape, then channels-last).
+            p = p.permute(0, 2, 3, 1).view(bs, ny, nx, self.na, self.no).permute(0, 3, 1, 2, 4).contiguous()
+        else:
+            p = p.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
         if self.training:
             return p
         grid, anchor_wh = self._grid(ny, nx, p.device, p.dtype)
@@ -314,11 +320,15 @@ class Darknet(nn.Module):
         return torch.cat(io, 1), list(p)
 
     def fuse(self) -> Darknet:
-        """Fold each BatchNorm into the convolution before it, in place (for inference); returns self."""
+        """Fold each BatchNorm into the convolution before it, in place (for inference); returns self.
+
+        The convolutions' own weight tensors are rescaled (``fold_bn_into_conv_``): an optimizer or another
+        reference holding them sees the fused values, so fuse only a model built for inference.
+        """
         for i, m in enumerate(self.module_list):
             if isinstance(m, nn.Sequential) and hasattr(m, "BatchNorm2d") and hasattr(m, "Conv2d"):
                 fused = nn.Sequential()
-                fused.add_module("Conv2d", fuse_conv_and_bn(m.Conv2d, m.BatchNorm2d))
+                fused.add_module("Conv2d", fold_bn_into_conv_(m.Conv2d, m.BatchNorm2d))
                 if hasattr(m, "activation"):
                     fused.add_module("activation", m.activation)
                 self.module_list[i] = fused
@@ -530,12 +540,16 @@ def _describe_key(k: str, sd: dict, msd: dict) -> str:
     return k + ckpt + ("," if ckpt and model else "") + model
 
 
-def load_weights(model: Darknet, path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+def load_weights(
+    model: Darknet, path: str | Path, map_location: str | torch.device = "cpu", checkpoint: object | None = None
+) -> dict:
     """Load Darknet ``.weights`` or a PyTorch ``.pt``/``.pth`` into ``model``, strictly.
 
     ``.pt`` may be our checkpoint (``{'model': state_dict, ...}``, optionally with ``'ema'``), an ultralytics one
     (``{'model': state_dict or module}``) or a raw state_dict. Other suffixes are read as Darknet files (cutoff
-    from the name, see ``load_darknet_weights``).
+    from the name, see ``load_darknet_weights``). ``checkpoint``: the ``.pt`` file's contents (or its model
+    state_dict) when the caller has read it already, so that it is not read again (a second ``torch.load`` of
+    a yolov3-spp checkpoint took ~0.9 s of detect.py's start).
 
     Returns:
         report dict (``format`` 'darknet' or 'pt', tensors_loaded, ...).
@@ -554,7 +568,8 @@ def load_weights(model: Darknet, path: str | Path, map_location: str | torch.dev
         )
     if path.suffix not in (".pt", ".pth"):
         return {"format": "darknet", **load_darknet_weights(model_, path)}
-    ckpt = read_torch_file(path, map_location)  # one-line ValueError for an unreadable file
+    # one-line ValueError for an unreadable file; a caller that already read it passes it in
+    ckpt = read_torch_file(path, map_location) if checkpoint is None else checkpoint
     sd = _state_dict_of(ckpt, path)
     msd = model_.state_dict()
     missing = [k for k in msd if k not in sd and not k.endswith("num_batches_tracked")]

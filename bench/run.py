@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script (python bench/run.py): make the repository importable
@@ -37,7 +38,7 @@ from utils.general import tune_malloc  # noqa: E402
 LOGGER = logging.getLogger("bench")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "datasets" / "coco128"
-SECTIONS = ("ceiling", "nms", "loader", "infer", "train", "epoch")
+SECTIONS = ("ceiling", "nms", "loader", "infer", "train", "epoch", "memory")
 IMAGE_SUFFIXES = {".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".dng", ".webp"}
 
 
@@ -144,6 +145,7 @@ def plan(args: argparse.Namespace, device: torch.device) -> dict[str, object]:
             "train": [(tiny, 64, 2)], "train_precisions": ["fp32"] + (["bf16"] if args.bf16 else []),
             "infer": [(tiny, 64)], "infer_batches": [1, 2], "loader_sizes": [64], "loader_workers": [0],
             "loader_batch": 4, "epoch": (tiny, 64, 4, 0), "nms_images": 2,
+            "cudnn_benchmark": [False], "train_loader": (tiny, 64, 4, 0, 1) if device.type == "cuda" else None,
         }
     gpu = device.type == "cuda"
     return {
@@ -156,6 +158,10 @@ def plan(args: argparse.Namespace, device: torch.device) -> dict[str, object]:
         "loader_batch": 16,
         "epoch": (tiny, 320, 16, args.epoch_workers),
         "nms_images": 16,
+        # GPU: cuDNN's autotuner off (train.py's setting today) and on; CPU: not applicable
+        "cudnn_benchmark": [False, True] if gpu else [False],
+        # GPU: does the real loader keep spp@416 batch 32 fed? (model, size, batch, workers, passes over 4x the set)
+        "train_loader": (spp, 416, 32, min(8, max(1, usable_cores() - 1)), 4) if gpu else None,
     }
 
 
@@ -165,8 +171,15 @@ def default_hyp() -> dict[str, float]:
     return dict(DEFAULT_HYP)
 
 
-def run_sections(args: argparse.Namespace, device: torch.device, results: dict[str, object], scratch: Path) -> None:
-    """Run every asked-for section, storing its rows, timing and load in `results` and printing its table.
+def run_sections(
+    args: argparse.Namespace,
+    device: torch.device,
+    results: dict[str, object],
+    scratch: Path,
+    save: Callable[[], None] = lambda: None,
+) -> None:
+    """Run every asked-for section, storing its rows, timing and load in `results` and printing its table;
+    `save` is called after each section (the JSON so far: a run stopped by a time limit keeps what it had).
 
     A failing section is logged with its traceback and recorded under results['errors']; the others still
     run (one missing module should not cost a 15-minute run).
@@ -175,7 +188,7 @@ def run_sections(args: argparse.Namespace, device: torch.device, results: dict[s
     reps = 1 if args.quick else args.reps
     budget = 1.0 if args.quick else args.budget
     images: str | list[str] | None = None
-    if {"loader", "train", "epoch"} & set(args.sections) or args.weights:
+    if {"loader", "train", "epoch", "memory"} & set(args.sections) or args.weights:
         images, results["data"] = resolve_images(args.data, args.quick, scratch)
 
     def section_ceiling() -> object:
@@ -218,10 +231,17 @@ def run_sections(args: argparse.Namespace, device: torch.device, results: dict[s
         rows = []
         for cfg, size, batch in p["train"]:
             for precision in p["train_precisions"]:
-                rows.append(bench_train_step(cfg, size, batch, precision, device, args.channels_last, default_hyp(),
-                                             images, reps, budget * 2))
-                row = rows[-1]
-                row["ceiling_share"] = ceiling_shares(row["achieved_gflops"], precision, results.get("ceilings") or {})
+                for autotune in p["cudnn_benchmark"]:
+                    torch.backends.cudnn.benchmark = autotune
+                    rows.append(bench_train_step(cfg, size, batch, precision, device, args.channels_last,
+                                                 default_hyp(), images, reps, budget * 2))
+                    row = rows[-1]
+                    row["cudnn_benchmark"] = autotune if device.type == "cuda" else None
+                    row["ceiling_share"] = ceiling_shares(row["achieved_gflops"], precision,
+                                                          results.get("ceilings") or {})
+        torch.backends.cudnn.benchmark = False
+        if p["train_loader"] and images is not None:
+            rows.append(train_loader_row(p["train_loader"], device, args.channels_last, images))
         return rows
 
     def section_epoch() -> object:
@@ -235,7 +255,13 @@ def run_sections(args: argparse.Namespace, device: torch.device, results: dict[s
             out.update(time_train_py(scratch, device))
         return out
 
+    def section_memory() -> object:
+        from bench.memory import bench_memory
+
+        return bench_memory(images, args.quick, default_hyp(), torch.get_num_threads())
+
     sections = {
+        "memory": ("memory", section_memory),
         "ceiling": ("ceilings", section_ceiling),
         "nms": ("nms", section_nms),
         "loader": ("loader", section_loader),
@@ -257,9 +283,31 @@ def run_sections(args: argparse.Namespace, device: torch.device, results: dict[s
             LOGGER.error("section %s failed: %s", name, e)
             results["errors"][name] = "".join(traceback.format_exception(e))
             print(results["errors"][name], file=sys.stderr)
+            save()
             continue
         results["sections"][name] = {"load_before": load_before, "load_after": load_average(), **meter.read()}
         print(format_section(key, results[key]), flush=True)
+        save()
+
+
+def train_loader_row(
+    spec: tuple[Path, int, int, int, int], device: torch.device, channels_last: bool, images: str | list[str]
+) -> dict[str, object]:
+    """Training through the real loader on a GPU (the step alone does not say whether the loader keeps up):
+    `repeat` copies of the image set as one epoch (so that an epoch is more than a few batches), two epochs:
+    the first decodes every image (cold RAM cache), the second reads them from the cache. Returns the epoch
+    figures of bench_epoch with kind 'loader' (images/s and data-wait share of each epoch)."""
+    from bench.training import bench_epoch
+
+    cfg, size, batch, workers, repeat = spec
+    if isinstance(images, str) and Path(images).is_dir():
+        files = sorted(str(f) for f in Path(images).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) * repeat
+    elif isinstance(images, str):  # a list file: used as it is
+        files = images
+    else:
+        files = list(images) * repeat
+    out = bench_epoch(cfg, size, batch, workers, device, channels_last, "amp", default_hyp(), files, reps=2)
+    return {"kind": "loader", **out}
 
 
 def time_train_py(scratch: Path, device: torch.device) -> dict[str, object]:
@@ -296,6 +344,21 @@ def _spread(d: dict[str, float]) -> str:
     return f"{_fmt(d['median'])} ({_fmt(d['min'])}-{_fmt(d['max'])})"
 
 
+def _where(profile: dict[str, object] | None) -> str:
+    """'conv 78% (172 GFLOP/s), batchnorm 9%, ...' from a train row's profile (families of 1% or more);
+    on a GPU it starts with the share of the step during which kernels ran."""
+    if not profile:
+        return "-"
+    if "error" in profile:
+        return f"profiler failed: {profile['error'][:60]}"
+    parts = [f"kernels {profile['kernel_share']:.0%}:"] if "kernel_share" in profile else []
+    for family, share in sorted(profile["family_share"].items(), key=lambda kv: -kv[1]):
+        if share >= 0.01:
+            extra = f" ({profile['conv_gflops']:.0f} GFLOP/s)" if family == "conv" and "conv_gflops" in profile else ""
+            parts.append(f"{family} {share:.0%}{extra}")
+    return ", ".join(parts)
+
+
 def table(headers: list[str], rows: list[list[object]]) -> str:
     cells = [[_fmt(c) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
@@ -310,13 +373,22 @@ def format_section(key: str, data: object) -> str:
         rows = [[k, _spread(v)] for k, v in data.items() if isinstance(v, dict) and "median" in v]
         return table(["kernel", "GFLOP/s median (min-max)"], rows)
     if key == "train":
-        rows = [[r["model"], r["img_size"], r["batch_size"], r["precision"], _spread(r["img_s"]),
+        steps = [r for r in data if r.get("kind") != "loader"]
+        rows = [[r["model"], r["img_size"], r["batch_size"], r["precision"],
+                 {None: "-", False: "off", True: "on"}[r.get("cudnn_benchmark")], _spread(r["img_s"]),
                  r["train_gflop_per_img"], r["achieved_gflops"],
                  " ".join(f"{k[3:]} {v:.0%}" for k, v in r.get("ceiling_share", {}).items()) or "-",
-                 " ".join(f"{k[:3]} {v:.0%}" for k, v in r["phase_share"].items()), r["ema_update_ms"]]
-                for r in data]
-        return table(["model", "size", "batch", "prec", "img/s median (min-max)", "GFLOP/img", "GFLOP/s",
-                      "of ceiling", "phases", "ema ms"], rows)
+                 " ".join(f"{k[:3]} {v:.0%}" for k, v in r["phase_share"].items()), _where(r.get("profile")),
+                 r.get("build_targets_ms"), r["ema_update_ms"]]
+                for r in steps]
+        text = table(["model", "size", "batch", "prec", "cudnn bm", "img/s median (min-max)", "GFLOP/img", "GFLOP/s",
+                      "of ceiling", "phases", "where the step's time goes (profiler)", "build_targets ms",
+                      "ema ms"], rows)
+        loaders = [r for r in data if r.get("kind") == "loader"]
+        if loaders:
+            text += "\n\nthrough the real DataLoader (epoch 0: cold RAM cache, epoch 1: cached)\n" + format_section(
+                "epoch", loaders[0])
+        return text
     if key == "epoch":
         rows = [[data["model"], data["img_size"], data["batch_size"], data["workers"], data["images"],
                  " ".join(_fmt(x) for x in data["seconds_each"]), data["img_s"],
@@ -332,6 +404,28 @@ def format_section(key: str, data: object) -> str:
         rows = [[r["model"], r["img_size"], r["batch_size"], r["fused"], r["precision"], _spread(r["ms_per_img"])]
                 for r in data]
         return table(["model", "size", "batch", "fused", "prec", "ms/img median (min-max)"], rows)
+    if key == "memory":
+        c = data["ram_cache"]
+        lines = [f"RAM image cache (default ram_cache_mb={c['ram_cache_mb_default']:.0f}, at most half of /dev/shm's "
+                 f"{c['dev_shm_free_gib']} GiB free) at {c['img_size']}: "]
+        if c.get("cache"):
+            big = next(v for k, v in c.items() if k.startswith("set_of_"))
+            lines[0] += (f"{c['images_cached_after_one_pass']} of {c['images']} images cached after one pass, "
+                         f"{c['used_mib']} MiB used of {c['reserved_mib']} MiB reserved, "
+                         f"{c['bytes_per_image'] / 2**10:.0f} KiB per image")
+            n_big = next(k for k in c if k.startswith("set_of_"))[7:]
+            lines.append(f"a {n_big}-image set of this kind: {big['decoded_gib']} GiB decoded; the default cache "
+                         f"holds {big['default_cache_holds_images']} of them ({big['default_cache_gib']} GiB), "
+                         "--cache-images would need "
+                         f"{big['cache_images_needs_gib']} GiB per process (MemAvailable here "
+                         f"{big['mem_available_gib']} GiB)")
+        else:
+            lines[0] += "no cache (budget 0 or /dev/shm too small)"
+        rows = [[h["mode"], h["tuned"], h["model"], h["batch_size"], h["sizes"], h["peak_rss_mib"], h["end_rss_mib"],
+                 h["step_s_median"]] for h in data["heap"]]
+        lines.append(table(["heap", "applied", "model", "batch", "sizes", "peak RSS MiB", "end RSS MiB",
+                            "step s median"], rows))
+        return "\n".join(lines)
     if key == "nms":
         rows = [[r["source"], r["layout"], r["conf_thres"], r["batch_size"], r["rows_above_conf"],
                  r["pairs_above_conf"], r["kept_per_img"], _spread(r["ms_per_img"])] for r in data]
@@ -385,8 +479,14 @@ def main(argv: list[str] | None = None) -> int:
               "the cores and spinning OpenMP threads then slow small kernels by up to 10x; figures will be low and "
               "noisy. On a shared machine run OMP_WAIT_POLICY=PASSIVE python bench/run.py (recorded in the JSON).")
     t0 = time.perf_counter()
+    out = Path(args.json) if args.json else default_json_path()
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
-        run_sections(args, device, results, Path(scratch))
+        run_sections(args, device, results, Path(scratch), save)
     results["load"]["end"] = load_average()
     results["wall_s"] = round(time.perf_counter() - t0, 1)
     results["comparison"] = compare(results)
@@ -394,9 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n== against ../shared/reference/baseline-cpu.md (speedup > 1: faster; hw-adjusted divides by "
               "our/reference kernel ceiling) ==")
         print(format_comparison(results["comparison"]))
-    out = Path(args.json) if args.json else default_json_path()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    save()
     print(f"\nload average at end {results['load']['end']}; {results['wall_s']} s; results written to {out}")
     if results["errors"]:
         print(f"FAILED sections: {', '.join(results['errors'])}", file=sys.stderr)

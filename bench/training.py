@@ -111,6 +111,98 @@ class TrainStep:
             v.clear()
 
 
+# Operator families of a training step, by the aten operators that do their work (self time: without the
+# operators they call). Convolutions: oneDNN on CPU (mkldnn_convolution forward, convolution_backward: input
+# and weight gradients; the _slow_conv2d ones are torch's own 1x1 path when single-threaded), cuDNN on CUDA.
+OP_FAMILIES: dict[str, tuple[str, ...]] = {
+    "conv": ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_slow_conv2d_forward",
+             "aten::_slow_conv2d_backward", "aten::cudnn_convolution", "aten::_convolution"),
+    "batchnorm": ("aten::native_batch_norm", "aten::native_batch_norm_backward", "aten::_batch_norm_with_update",
+                  "aten::batch_norm_backward", "aten::cudnn_batch_norm", "aten::cudnn_batch_norm_backward"),
+    "activation": ("aten::leaky_relu_", "aten::leaky_relu", "aten::leaky_relu_backward"),
+    "copy": ("aten::copy_", "aten::clone", "aten::contiguous", "aten::_to_copy"),
+    "route/shortcut/upsample/pool": ("aten::cat", "aten::add", "aten::add_", "aten::upsample_nearest2d",
+                                     "aten::upsample_nearest2d_backward", "aten::max_pool2d_with_indices",
+                                     "aten::max_pool2d_with_indices_backward", "aten::constant_pad_nd"),
+    "fill/zero": ("aten::fill_", "aten::zero_", "aten::zeros", "aten::empty", "aten::empty_strided"),
+    "optimizer": ("aten::_fused_sgd_", "aten::_foreach_add_", "aten::_foreach_mul_", "aten::_fused_adam_"),
+}  # fmt: skip
+# On CUDA the kernels' time is read from the operators that launched them, children included, so each family
+# names operators that do not call one another (cuDNN's convolution and batch norm, the leaf copies and fills).
+CUDA_OP_FAMILIES: dict[str, tuple[str, ...]] = {
+    "conv": ("aten::cudnn_convolution", "aten::convolution_backward"),
+    "batchnorm": ("aten::cudnn_batch_norm", "aten::cudnn_batch_norm_backward", "aten::native_batch_norm",
+                  "aten::native_batch_norm_backward"),
+    "activation": ("aten::leaky_relu_", "aten::leaky_relu", "aten::leaky_relu_backward"),
+    "copy": ("aten::copy_",),
+    "route/shortcut/upsample/pool": ("aten::cat", "aten::add", "aten::add_", "aten::upsample_nearest2d",
+                                     "aten::upsample_nearest2d_backward", "aten::max_pool2d_with_indices",
+                                     "aten::max_pool2d_with_indices_backward"),
+    "fill/zero": ("aten::fill_",),
+    "optimizer": ("aten::_fused_sgd_", "aten::_fused_adam_"),
+}  # fmt: skip
+
+
+def profile_step(step: Callable[[], object], device: torch.device, step_flop: int) -> dict[str, object]:
+    """Where one training step's time goes, from torch.profiler over one step.
+
+    CPU: seconds and share of the profiled step's wall time per operator family (``OP_FAMILIES``, from the
+    operators' self time on the calling thread: the thread pool's kernels run inside them), and the achieved
+    GFLOP/s of the convolution kernels alone (the step's counted FLOPs / convolution seconds). CUDA: the
+    share of the step during which GPU kernels ran (``kernel_share``: all kernels' time / the step's wall time;
+    the rest is launch overhead, host work and synchronisation), and per family (``CUDA_OP_FAMILIES``) the
+    time of the kernels its operators launched, as seconds and shares of the step's wall time.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        step()
+        synchronize(device)
+        wall = time.perf_counter() - t0
+    events = prof.key_averages()
+
+    def seconds(e, attr: str) -> float:
+        if not hasattr(e, attr):  # torch before 2.4 named the device times after CUDA
+            attr = attr.replace("device", "cuda")
+        return getattr(e, attr, 0.0) / 1e6  # profiler times are microseconds
+
+    # the self times add up to the whole once: on CPU each operator's own work, on CUDA each kernel's duration
+    self_attr = "self_device_time_total" if cuda else "self_cpu_time_total"
+    total = sum(seconds(e, self_attr) for e in events)
+    table, family_attr = (CUDA_OP_FAMILIES, "device_time_total") if cuda else (OP_FAMILIES, self_attr)
+    families = dict.fromkeys(table, 0.0)
+    for e in events:
+        for family, names in table.items():
+            if e.key in names:
+                families[family] += seconds(e, family_attr)
+    families["other"] = max(total - sum(families.values()), 0.0)
+    out: dict[str, object] = {
+        "profiled_step_s": wall,
+        "family_s": families,
+        "family_share": {k: v / wall for k, v in families.items()},
+    }
+    if cuda:
+        out["kernel_s"] = total
+        out["kernel_share"] = total / wall
+    if families["conv"] > 0:
+        out["conv_gflops"] = step_flop / families["conv"] / 1e9
+    return out
+
+
+def time_build_targets(model: nn.Module, imgs: torch.Tensor, targets: torch.Tensor, loss_hyp: dict[str, float],
+                       device: torch.device, autocast: Callable[[], contextlib.AbstractContextManager]) -> float:
+    """Median ms of ``utils.loss.build_targets`` (matching targets to anchors and cells) on the step's batch."""
+    from utils.loss import build_targets
+
+    with torch.no_grad(), autocast():
+        pred = [p.float() for p in model(imgs)]
+    timing = measure(lambda: build_targets(pred, targets, model, loss_hyp), reps=7, warmup=2, device=device)
+    return 1e3 * timing.median
+
+
 def count_flops(fn: Callable[[], object]) -> int:
     """FLOPs (2 per multiply-add) of the matmuls and convolutions that one call of `fn` dispatches."""
     counter = FlopCounterMode(display=False)
@@ -131,10 +223,12 @@ def bench_train_step(
     reps: int,
     budget_s: float,
     nc: int = 80,
+    profiling: bool = True,
 ) -> dict[str, object]:
     """Images/s of the training step for one model, size, batch and precision, plus per-phase medians,
-    the step's GFLOP per image (counted), the achieved GFLOP/s and the EMA update time train.py's --ema
-    would add.
+    the step's GFLOP per image (counted), the achieved GFLOP/s, the EMA update time train.py's --ema
+    would add, the time of ``build_targets`` and, with ``profiling``, where the step's time goes
+    (``profile_step``: one more step under torch.profiler).
 
     `images` None means a random batch with COCO-like targets (no image set at hand).
     """
@@ -164,6 +258,12 @@ def bench_train_step(
     timing = measure(step, reps=reps, warmup=0, budget_s=budget_s, device=device)
 
     phases = {name: float(np.median(v)) for name, v in step.phases.items()}
+    profile = None
+    if profiling:
+        try:
+            profile = profile_step(step, device, step_flop)
+        except RuntimeError as e:  # a profiler that cannot start here (e.g. no CUPTI) costs the figure, not the row
+            profile = {"error": f"{type(e).__name__}: {e}"}
     total = sum(phases.values())
     gflop_img = step_flop / batch_size / 1e9
     result: dict[str, object] = {
@@ -183,6 +283,9 @@ def bench_train_step(
         "achieved_gflops": gflop_img * batch_size / timing.median,
     }
     result["ema_update_ms"] = _ema_update_ms(model, device)
+    result["build_targets_ms"] = time_build_targets(model, imgs, targets, loss_hyp, device, step.autocast)
+    if profile is not None:
+        result["profile"] = profile
     return result
 
 

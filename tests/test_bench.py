@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,12 @@ def test_quick_run_writes_json(tmp_path: Path) -> None:
     assert {r["conf_thres"] for r in data["nms"]} == {0.001, 0.1}
     assert data["epoch"]["images"] == 8 and data["epoch"]["seconds"] > 0
     assert data["comparison"] == []  # quick figures are not comparable with the reference
+    heap = {h["mode"]: h for h in data["memory"]["heap"]}
+    assert heap["tuned"]["tuned"] is True and heap["default"]["tuned"] is False
+    assert all(h["peak_rss_mib"] >= h["end_rss_mib"] > 0 for h in heap.values())
+    cache = data["memory"]["ram_cache"]
+    assert cache["images_cached_after_one_pass"] == 8 and cache["used_mib"] <= cache["reserved_mib"]
+    assert train["profile"]["family_share"]["conv"] > 0 and train["build_targets_ms"] > 0
 
 
 def test_only_and_bad_arguments(tmp_path: Path) -> None:
@@ -124,3 +131,82 @@ def test_ceiling_shares_use_the_precisions_fastest_ceiling() -> None:
     assert ceiling_shares(100.0, "fp32", ceilings) == {"of_matmul": 0.5, "of_conv": 0.25}
     assert ceiling_shares(100.0, "bf16", ceilings) == {"of_matmul": 0.1}
     assert ceiling_shares(100.0, "amp", ceilings) == {}
+
+
+def test_gpu_comparison_rows() -> None:
+    results = {
+        "options": {"quick": False},
+        "machine": {"gpu": "NVIDIA H200"},
+        "train": [
+            {"model": "yolov3-spp", "img_size": 416, "batch_size": 32, "precision": "amp", "cudnn_benchmark": True,
+             "img_s": {"median": 610.0}},
+            {"model": "yolov3-tiny", "img_size": 320, "batch_size": 32, "precision": "amp", "img_s": {"median": 5e3}},
+            {"kind": "loader", "model": "yolov3-spp", "img_size": 416, "batch_size": 32, "precision": "amp",
+             "data_wait_share_each": [0.3, 0.05]},
+        ],
+    }
+    rows = reference.compare(results)
+    assert len(rows) == 3  # spp step against the V100 figure, and the data wait of both epochs (tiny has no figure)
+    assert rows[0]["speedup"] == pytest.approx(610 / 122) and rows[0]["meets_target"] is True
+    assert "cudnn.benchmark on" in rows[0]["what"]
+    assert [r["meets_target"] for r in rows[1:]] == [False, True] and rows[2]["ours"] == 0.05
+
+
+def test_profile_step_accounts_for_the_step() -> None:
+    from bench.training import TrainStep, build_model, profile_step
+    from utils.hyp import DEFAULT_HYP, derive_loss_hyp
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = build_model(run.REPO_ROOT / "cfg" / "yolov3-tiny.cfg", 64, 3, torch.device("cpu"), True).train()
+        loss_hyp = derive_loss_hyp(dict(DEFAULT_HYP), 3)
+        model.hyp, model.gr = loss_hyp, 1.0
+        imgs, targets = random_batch(2, 64, 3)
+        step = TrainStep(model, imgs.contiguous(memory_format=torch.channels_last), targets, loss_hyp, "fp32",
+                         torch.device("cpu"))
+        step()
+        prof = profile_step(step, torch.device("cpu"), step_flop=10**9)
+    finally:
+        torch.set_num_threads(threads)
+    shares = prof["family_share"]
+    assert set(shares) >= {"conv", "batchnorm", "activation", "optimizer", "other"}
+    assert shares["conv"] > 0 and shares["batchnorm"] > 0 and shares["optimizer"] > 0
+    assert 0.5 < sum(shares.values()) <= 1.05  # the operators' self times fill the step (thread-pool work inside)
+    assert prof["conv_gflops"] == pytest.approx(1.0 / prof["family_s"]["conv"])
+
+
+def test_gpu_check_without_cuda_lists_every_step(tmp_path: Path) -> None:
+    from bench import gpu_check
+
+    assert gpu_check.main(["--dry-run", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert [s["name"] for s in report["steps"]] == ["smoke", "pytest", "bench", "train"]
+    assert all(s["status"] == "skipped" and s["show"] for s in report["steps"])
+    table = (tmp_path / "gpu_check.md").read_text()
+    assert "would run `" in table and "bench/run.py --device 0 --only train,infer,nms" in table
+    train_cmd = next(s for s in report["steps"] if s["name"] == "train")["cmd"]
+    assert train_cmd[train_cmd.index("--epochs") + 1] == "2" and "--no-amp" not in train_cmd
+
+
+def test_gpu_check_step_limit_kills_the_whole_group(tmp_path: Path) -> None:
+    from bench import gpu_check
+
+    script = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);" \
+             " print('started', flush=True); time.sleep(60)"
+    step = {"name": "slow", "cmd": [sys.executable, "-c", script]}
+    entry = gpu_check.run_step(step, limit=0.5, log=tmp_path / "log")
+    assert entry["status"] == "timeout" and entry["seconds"] < 30
+    assert "===== slow: timeout" in (tmp_path / "log").read_text()
+
+
+def test_gpu_check_reads_junit(tmp_path: Path) -> None:
+    from bench import gpu_check
+
+    (tmp_path / "junit.xml").write_text(
+        '<testsuites><testsuite><testcase classname="tests.test_gpu" name="test_a"/>'
+        '<testcase classname="tests.test_gpu" name="test_b"><failure message="x"/></testcase>'
+        '<testcase classname="tests.test_gpu" name="test_c"><skipped message="needs CUDA"/></testcase>'
+        "</testsuite></testsuites>")
+    got = gpu_check.parse_pytest(tmp_path, "")
+    assert got["passed"] == 1 and got["failed"] == ["tests.test_gpu::test_b"] and got["skipped"] == 1

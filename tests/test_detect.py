@@ -28,6 +28,7 @@ from utils.boxes import scale_coords
 from utils.nms import non_max_suppression
 from utils.shapes import CLASS_NAMES, make_shapes_image
 from utils.sources import LoadImages, LoadStreams, is_stream, list_source_files
+from utils.torch_utils import fold_bn_into_conv_, fuse_conv_and_bn
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CFG = REPO / "cfg" / "yolov3-tiny.cfg"
@@ -308,6 +309,62 @@ def test_darknet_weights_take_the_class_count_from_names(tiny_ckpt, shapes_dir, 
     torch.testing.assert_close(res["results"][0][2], reference_detections(tiny_ckpt, cv2.imread(str(image))))
     with pytest.raises(ValueError, match="pass --names"):
         detect(TINY_CFG, darknet, image, output=tmp_path / "b", **kwargs)
+
+
+def test_80_class_darknet_weights_without_names_use_the_coco_names(tmp_path, caplog):
+    """An 80-class model without names (the official Darknet weights) shows COCO names, as the reference's
+    default --names data/coco.names did; it says so in one line."""
+    torch.manual_seed(0)
+    darknet = tmp_path / "tiny-coco.weights"
+    save_weights(Darknet(TINY_CFG), darknet)  # the cfg's own 80 classes
+    coco = (REPO / "data" / "coco128.names").read_text().splitlines()
+    with caplog.at_level(logging.INFO, logger="detect"):
+        _, names = load_model(TINY_CFG, darknet, torch.device("cpu"))
+    assert names == coco and names[0] == "person" and len(names) == 80
+    said = [r.getMessage() for r in caplog.records if "COCO" in r.getMessage()]
+    assert len(said) == 1 and "coco128.names" in said[0] and "--names" in said[0]
+    # another class count keeps the indices, and so does an 80-class model when the names file is gone
+    _, names = load_model(TINY_CFG, darknet, torch.device("cpu"), coco_names=tmp_path / "absent.names")
+    assert names == [str(i) for i in range(80)]
+
+
+def test_official_weights_detect_with_coco_names(tmp_path):
+    weights = REPO.parent / "shared" / "weights" / "yolov3-tiny.weights"
+    image = REPO.parent / "shared" / "datasets" / "coco128" / "images" / "train2017" / "000000000009.jpg"
+    if not (weights.is_file() and image.is_file()):
+        pytest.skip("needs ../shared (official yolov3-tiny weights and coco128)")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        res = detect(TINY_CFG, weights, image, output=tmp_path / "o", img_size=320, device="cpu")
+    line = out.getvalue().splitlines()[0]
+    assert res["detections"] > 0 and "bowl" in line, line  # a bowl of broccoli and oranges
+
+
+def test_a_checkpoint_is_read_once(tiny_ckpt, monkeypatch):
+    reads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: reads.append(a[0]) or real_load(*a, **k))
+    model, names = load_model(TINY_CFG, tiny_ckpt, torch.device("cpu"))
+    assert reads == [tiny_ckpt] and names == list(CLASS_NAMES)
+    expected = Darknet(TINY_CFG, nc=len(CLASS_NAMES))
+    expected.load_state_dict(real_load(tiny_ckpt, weights_only=True)["model"])
+    head = f"module_list.{model.yolo_layers[0] - 1}.Conv2d.weight"  # no BatchNorm: fusing leaves it as loaded
+    assert torch.equal(model.state_dict()[head], expected.state_dict()[head])
+
+
+def test_fusing_leaves_the_source_conv_and_the_rng_alone():
+    torch.manual_seed(0)
+    conv, bn = torch.nn.Conv2d(4, 6, 3, padding=1, bias=False), torch.nn.BatchNorm2d(6, eps=1e-4)
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.2, 3)
+    weight = conv.weight.detach().clone()
+    state = torch.get_rng_state()
+    fused = fuse_conv_and_bn(conv, bn)
+    assert torch.equal(torch.get_rng_state(), state)  # no random initialisation of a new conv
+    assert torch.equal(conv.weight, weight) and conv.bias is None
+    folded = fold_bn_into_conv_(conv, bn)
+    assert folded is conv and torch.equal(folded.weight, fused.weight) and torch.equal(folded.bias, fused.bias)
+    assert not folded.weight.requires_grad
 
 
 def test_half_needs_cuda(tiny_ckpt, shapes_dir, tmp_path):

@@ -503,3 +503,24 @@ def test_custom_blocks(tmp_path):
     assert model(x)[0].shape == (1, 1, 16, 16, 21)
     with pytest.raises(ValueError, match="expected height and width multiples of 2"):
         model(torch.rand(1, 3, 33, 32))
+
+
+def test_yolo_layer_channels_last_input_gives_the_same_values_and_a_channels_last_gradient():
+    layer = YOLOLayer(np.array([[10, 13], [16, 30], [33, 23]]), nc=2, stride=8)
+    x = torch.randn(2, 3 * 7, 5, 6)
+    outs, grads = [], []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        leaf = x.clone().contiguous(memory_format=fmt).requires_grad_(True)
+        p = leaf * 1.0  # stands for the head convolution's output: the hook sees the gradient it would get
+        p.register_hook(grads.append)
+        out = layer.train()(p)
+        assert out.shape == (2, 3, 5, 6, 7) and out.is_contiguous()
+        (out * torch.arange(out.numel()).view_as(out)).sum().backward()
+        outs.append(out.detach())
+        with torch.no_grad():
+            io, raw = layer.eval()(p)
+        outs += [io, raw]
+    assert all(torch.equal(a, b) for a, b in zip(outs[:3], outs[3:]))
+    assert torch.equal(grads[0], grads[1])
+    # channels-last, as the head convolution's oneDNN backward wants it: no copy there (one on the way, not two)
+    assert grads[1].is_contiguous(memory_format=torch.channels_last)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import logging
 import math
 import random
 from pathlib import Path
@@ -153,3 +155,43 @@ def test_apply_batch_settings_sets_each_named_group():
         assert [(g["lr"], g["weight_decay"]) for g in opt.param_groups] == [(0.1, 0.0), (0.2, 4e-4), (0.3, 0.0)]
         assert all(g.get("momentum", 0.91) == 0.91 for g in opt.param_groups)
         assert adam == ("momentum" not in opt.param_groups[0])
+
+
+def test_compile_forward_falls_back_to_eager_when_compiling_fails(monkeypatch, caplog):
+    from torch._dynamo.exc import TorchDynamoException
+
+    from utils.torch_utils import compile_forward
+
+    calls = []
+
+    def broken_compile(model, mode=None):
+        def run(x):
+            calls.append(x)
+            raise TorchDynamoException("backend compiler failed: no C++ compiler")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.LeakyReLU(0.1)).eval()
+    forward = compile_forward(model)
+    x = torch.rand(1, 3, 8, 8)
+    with caplog.at_level(logging.WARNING, logger="utils.torch_utils"):
+        assert torch.equal(forward(x), model(x)) and torch.equal(forward(x), model(x))
+    assert len(calls) == 1  # tried once, then eager for good, said once
+    assert sum("torch.compile failed" in r.getMessage() for r in caplog.records) == 1
+    with pytest.raises(RuntimeError):  # the model's own errors still surface
+        forward(torch.rand(1, 5, 8, 8))
+
+
+@pytest.mark.slow
+def test_compile_forward_trains_like_eager():
+    from utils.torch_utils import compile_forward
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.LeakyReLU(0.1)).train()
+    eager = copy.deepcopy(model)
+    x = torch.rand(2, 3, 16, 16)
+    forward = compile_forward(model)
+    forward(x).square().mean().backward()
+    eager(x).square().mean().backward()
+    torch.testing.assert_close(model[0].weight.grad, eager[0].weight.grad, rtol=1e-4, atol=1e-6)

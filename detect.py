@@ -284,6 +284,7 @@ def detect(
     save_conf: bool = False,
     view_img: bool = False,
     fourcc: str = "mp4v",
+    max_det: int | None = 300,
 ) -> dict:
     """Detect objects in ``source`` and save annotated images/videos (and labels) to a new output folder.
 
@@ -292,6 +293,7 @@ def detect(
         names: a ``.names``/``.data`` path or a list of class names; None -> from the checkpoint or numbers.
         output: requested output folder; when it exists, the first free ``<output>2``, ``<output>3`` ... is used.
         classes: keep only these class indices.
+        max_det: most boxes drawn per image, best scores first (None: no cap, as the reference).
     Returns a dict: ``output`` (Path used), ``images`` (frames processed), ``detections`` (total boxes),
     ``results`` (list of ``(path, frame, det)`` with ``det`` (n, 6) [x1, y1, x2, y2, conf, cls] float32 CPU
     tensors in original-image pixels; empty for a webcam or stream, which may run indefinitely).
@@ -335,7 +337,7 @@ def detect(
             with torch.inference_mode():
                 pred = model(x)[0].float()
             det = non_max_suppression(
-                pred, conf_thres, iou_thres, multi_label=False, classes=classes, agnostic=agnostic_nms
+                pred, conf_thres, iou_thres, multi_label=False, classes=classes, agnostic=agnostic_nms, max_det=max_det
             )[0]
             t2 = time_synchronized()
             det = det.cpu()
@@ -388,6 +390,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iou-thres", type=float, default=0.6, help="IoU threshold for NMS")
     parser.add_argument("--classes", nargs="+", type=int, help="keep only these classes, e.g. --classes 0 2")
     parser.add_argument("--agnostic-nms", action="store_true", help="class-agnostic NMS")
+    parser.add_argument("--max-det", type=int, default=300,
+                        help="most detections kept per image, best scores first (0: no cap, as the reference; "
+                        "test.py never caps: COCO evaluation applies its own limit)")
     parser.add_argument("--half", action="store_true", help="float16 inference (CUDA only)")
     parser.add_argument("--device", default="", help="cuda device, i.e. 0 or cpu (default: cuda:0 if available)")
     parser.add_argument("--save-txt", action="store_true", help="write YOLO-format labels/<stem>.txt per image")
@@ -426,6 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             save_conf=opt.save_conf,
             view_img=opt.view_img,
             fourcc=opt.fourcc,
+            max_det=opt.max_det or None,
         )
     except (OSError, ValueError) as e:
         print(f"detect.py: error: {e}", file=sys.stderr)

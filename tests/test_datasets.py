@@ -707,3 +707,18 @@ def test_ultralytics_custom_set_trains_from_the_repository_root(tmp_path, monkey
             "--project", str(tmp_path / "runs"), "--name", "custom"]  # fmt: skip
     assert train.main(args) == 0
     assert (tmp_path / "runs" / "custom" / "weights" / "last.pt").is_file()
+
+
+def test_cache_images_is_refused_when_it_would_not_fit_in_memory(tmp_path):
+    """--cache-images on a set whose decoded images exceed half the available memory stops at the start with the
+    numbers and the fix, instead of an out-of-memory kill later; unknown available memory checks nothing."""
+    from utils.datasets import check_preload_fits, mem_available
+
+    check_preload_fits(10 * 2**30, 200_000, "big/images", None)  # unknown: no check
+    check_preload_fits(2**30, 1000, "small/images", 4 * 2**30)
+    with pytest.raises(ValueError, match=r"big/images: --cache-images would keep 200,000 decoded images, 70\.0 GiB.*"
+                                         r"only 16\.0 GiB is available.*Drop --cache-images"):
+        check_preload_fits(70 * 2**30, 200_000, "big/images", 16 * 2**30)
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemAvailable:   16000000 kB\n")
+    assert mem_available(meminfo) == 16_000_000 * 1024 and mem_available(tmp_path / "absent") is None

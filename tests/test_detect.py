@@ -19,6 +19,7 @@ from detect import (
     load_model,
     load_names,
     main,
+    parse_args,
     summarize,
     yolo_label_lines,
 )
@@ -415,3 +416,15 @@ def test_half_on_cuda(tiny_ckpt, shapes_dir, tmp_path):
     half = detect(TINY_CFG, tiny_ckpt, shapes_dir, output=tmp_path / "b", half=True, **kwargs)
     assert half["images"] == full["images"] == 3
     assert abs(half["detections"] - full["detections"]) <= 0.05 * full["detections"] + 3
+
+
+def test_max_det_caps_the_boxes_per_image_and_zero_means_none(tiny_ckpt, shapes_dir, tmp_path):
+    """detect.py keeps at most --max-det boxes (the best), 0 keeps all as the reference; a random head at a low
+    threshold yields far more than 3 boxes per image."""
+    kwargs = {"img_size": IMG_SIZE, "conf_thres": 0.0005, "device": "cpu", "save_img": False}
+    image = sorted(shapes_dir.iterdir())[0]
+    every = detect(TINY_CFG, tiny_ckpt, image, output=tmp_path / "a", max_det=None, **kwargs)["results"][0][2]
+    capped = detect(TINY_CFG, tiny_ckpt, image, output=tmp_path / "b", max_det=3, **kwargs)["results"][0][2]
+    assert len(every) > 3 and len(capped) == 3
+    torch.testing.assert_close(capped, every[:3])
+    assert parse_args(["--weights", "w.pt", "--source", "x"]).max_det == 300

@@ -367,7 +367,7 @@ def _resume_worker(rank: int, port: int, root: str) -> None:
             try:
                 _, ckpt, save_dir = train.prepare_resume(opt, info)
                 result[project] = (str(save_dir), ckpt["var"])
-            except FileNotFoundError as e:
+            except ValueError as e:  # train.ResumeError: rank 0's answer, raised on every rank
                 result[project] = str(e)
     result["stdout"] = out.getvalue()
     torch.save(result, Path(root) / f"rank{rank}.pt")
@@ -389,7 +389,8 @@ def test_ranks_resume_the_checkpoint_that_rank_0_picks(tmp_path):
     assert results[0]["runs"] == (str(Path("runs/b")), "0b")
     assert results[1]["runs"] == (str(Path("runs/b")), "1b")  # its own newest is a; it follows rank 0
     assert "no empty/*/weights/last.pt found" in results[0]["empty"] == results[1]["empty"]
-    assert "WARNING: --resume continues with the checkpoint's epochs=2" in results[0]["stdout"]
+    assert "--resume: continuing runs/b" in results[0]["stdout"]
+    assert "--resume: training to 3 epochs instead of 2" in results[0]["stdout"]  # --epochs N extends the run
     assert results[1]["stdout"] == ""  # only rank 0 prints
 
 

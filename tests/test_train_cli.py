@@ -14,7 +14,7 @@ FLAGS = (
     "--rect", "--resume", "--transfer", "--num-workers", "--nosave", "--notest", "--xywh", "--evolve", "--bucket",
     "--var", "--weights", "--device", "--adam", "--cache-images", "--single-cls", "--name", "--freeze-layers",
     "--hyp", "--seed", "--deterministic", "--burn-in", "--schedule", "--recipe", "--no-amp", "--bf16", "--ema",
-    "--no-ema", "--sync-bn", "--project", "--reduced-decode",
+    "--no-ema", "--sync-bn", "--project", "--reduced-decode", "--cache-check", "--ram-cache-mb", "--compile",
 )  # fmt: skip
 
 

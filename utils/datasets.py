@@ -788,6 +788,34 @@ class SharedImageCache:
             self._lock.release()
 
 
+def mem_available(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """The memory available to new allocations, in bytes (MemAvailable of /proc/meminfo); None where unknown."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_preload_fits(nbytes: int, n: int, where: str, available: int | None, fraction: float = 0.5) -> None:
+    """Refuse ``cache_images`` (--cache-images) when its ``nbytes`` of decoded images would take more than
+    ``fraction`` of the ``available`` memory (at the start of the run, instead of an out-of-memory kill an hour
+    later). Nothing is checked when the available memory is unknown.
+
+    Raises:
+        ValueError: naming the image count, the sizes and the fix.
+    """
+    if available is not None and nbytes > fraction * available:
+        raise ValueError(
+            f"{where}: --cache-images would keep {n:,} decoded images, {nbytes / 2**30:.1f} GiB, in this process's "
+            f"memory, but only {available / 2**30:.1f} GiB is available (MemAvailable in /proc/meminfo) and at most "
+            f"{fraction:.0%} of it may go to the image cache. Drop --cache-images: the default shared RAM cache "
+            "(ram_cache_mb, 1024 MiB per dataset) keeps the images that fit and decodes the rest, with identical items"
+        )
+
+
 def resized_shapes(shapes_wh: np.ndarray, img_size: int) -> np.ndarray:
     """(n, 2) ``(h, w)`` that ``load_image`` gives images of original sizes ``shapes_wh`` (n, 2) ``(w, h)``."""
     wh = np.asarray(shapes_wh, dtype=np.int64).reshape(-1, 2)
@@ -946,6 +974,8 @@ class LoadImagesAndLabels(Dataset):
     def _cache_images(self, verbose: bool) -> None:
         r = self.img_size / self.shapes.max(1)
         nbytes = sum(int(w * ri) * int(h * ri) * 3 for (w, h), ri in zip(self.shapes, r))
+        where = self.img_files[0] if self.n == 1 else f"{Path(self.img_files[0]).parent} ({self.n} images)"
+        check_preload_fits(nbytes, self.n, where, mem_available())
         if verbose:
             print(f"Caching images ({nbytes / 1e9:.2f} GB)")
         with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:

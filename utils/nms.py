@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
-import torchvision
 
 from utils.boxes import box_iou, xywh2xyxy
 
@@ -15,6 +16,26 @@ LOGGER = logging.getLogger(__name__)
 
 MIN_WH, MAX_WH = 2, 4096  # candidate box width/height limits (pixels); MAX_WH is also the per-class offset
 PER_CLASS_FROM = 4000  # above this many candidates NMS runs class by class (same result, much faster on CPU)
+
+
+def _torchvision_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float) -> torch.Tensor:
+    """``torchvision.ops.nms`` (the same compiled kernel, ``torch.ops.torchvision.nms``) without importing the
+    torchvision package, whose import pulls in torch._dynamo: 1.3-1.5 s of every detect.py and test.py start.
+    Only torchvision's operator library is loaded, once; if that fails, torchvision is imported after all."""
+    try:
+        return torch.ops.torchvision.nms(boxes, scores, iou_thres)
+    except (AttributeError, RuntimeError):  # the operator is not registered yet
+        pass
+    spec = importlib.util.find_spec("torchvision")
+    for lib in sorted(Path(spec.origin).parent.glob("_C*.so")) if spec and spec.origin else []:
+        try:
+            torch.ops.load_library(str(lib))
+            return torch.ops.torchvision.nms(boxes, scores, iou_thres)
+        except (OSError, AttributeError, RuntimeError):
+            continue
+    import torchvision
+
+    return torchvision.ops.nms(boxes, scores, iou_thres)
 
 
 def _nms_offset_boxes(
@@ -29,16 +50,16 @@ def _nms_offset_boxes(
     rounding of the offsets); wider spans take the single call.
     """
     if cls is None or boxes.shape[0] <= PER_CLASS_FROM:
-        return torchvision.ops.nms(boxes, scores, iou_thres)
+        return _torchvision_nms(boxes, scores, iou_thres)
     raw = boxes - cls[:, None] * MAX_WH  # the boxes before their class offsets
     span_x = raw[:, 2].max() - raw[:, 0].min()
     span_y = raw[:, 3].max() - raw[:, 1].min()
     if min(float(span_x), float(span_y)) >= MAX_WH - 1:
-        return torchvision.ops.nms(boxes, scores, iou_thres)
+        return _torchvision_nms(boxes, scores, iou_thres)
     keep = torch.zeros(boxes.shape[0], dtype=torch.bool, device=boxes.device)
     for c in cls.unique():
         idx = (cls == c).nonzero().view(-1)
-        keep[idx[torchvision.ops.nms(boxes[idx], scores[idx], iou_thres)]] = True
+        keep[idx[_torchvision_nms(boxes[idx], scores[idx], iou_thres)]] = True
     i = keep.nonzero().view(-1)
     return i[scores[i].sort(descending=True, stable=True)[1]]
 

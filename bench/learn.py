@@ -75,7 +75,7 @@ def raccoon_data(out: Path, given: str | None) -> Path:
     from utils.convert import convert_voc
 
     return convert_voc(RACCOON / "annotations", RACCOON / "images", data.parent,
-                       split_csv=(RACCOON / "train_labels.csv", RACCOON / "test_labels.csv"))
+                       split_lists=(RACCOON / "train_labels.csv", RACCOON / "test_labels.csv"))
 
 
 def start_weights(start: str, out: Path) -> str:

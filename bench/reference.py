@@ -128,10 +128,24 @@ def compare(results: dict[str, object]) -> list[dict[str, object]]:
         return []
     if results.get("machine", {}).get("gpu"):
         return compare_gpu(results)
+    infer_rows, infer_ms = _infer_rows(results.get("infer") or [])
+    nms_rows, nms_ms = _nms_rows(results.get("nms") or [])
+    rows = (_train_rows(results.get("train") or []) + _epoch_rows(results.get("epoch") or {})
+            + _loader_rows(results.get("loader") or []) + infer_rows + nms_rows + _infer_nms_rows(infer_ms, nms_ms))
     ceilings = results.get("ceilings") or {}
-    rows: list[dict[str, object]] = []
+    for row in rows:
+        factor = hardware_factor(row["kind"], ceilings)
+        row["hw_factor"] = factor
+        row["speedup_hw_adjusted"] = (
+            row["speedup"] / factor if (factor and row["speedup"] is not None) else None
+        )
+    return rows
 
-    for item in results.get("train") or []:
+
+def _train_rows(train: list[dict[str, object]]) -> list[dict[str, object]]:
+    """fp32 training steps of a model@size/batch the reference measured."""
+    rows = []
+    for item in train:
         if item.get("kind") == "loader":
             continue
         key = f"{item['model']}@{item['img_size']}/bs{item['batch_size']}"
@@ -141,8 +155,12 @@ def compare(results: dict[str, object]) -> list[dict[str, object]]:
         rows.append(
             _row(f"train {key}", "train", item["img_s"]["median"], REFERENCE_TRAIN_IMG_S[key], "img/s", True, target)
         )
+    return rows
 
-    epoch = results.get("epoch") or {}
+
+def _epoch_rows(epoch: dict[str, object]) -> list[dict[str, object]]:
+    """The first and later coco128 epochs, and the whole train.py process, where measured."""
+    rows = []
     if epoch.get("first_epoch_s"):
         rows.append(_row("epoch coco128 tiny@320/bs16, first (cold)", "epoch", epoch["first_epoch_s"],
                          REFERENCE_EPOCH["seconds"], "s", False, None))
@@ -152,31 +170,44 @@ def compare(results: dict[str, object]) -> list[dict[str, object]]:
     if epoch.get("train_py_process_s"):
         rows.append(_row("train.py --epochs 1 (process)", "epoch", epoch["train_py_process_s"],
                          REFERENCE_EPOCH["train_py_process_s"], "s", False, None))
+    return rows
 
-    # Our cache modes (bench/loading.py) against the reference's two: 'off' and the default lazy 'ram' cache
-    # against its uncached figure (the 'ram' row is what a default training run gets after its first epoch, the
-    # 'ram 1st pass' row its first epoch), 'preload' (--cache-images) against its cached one.
-    for item in results.get("loader") or []:
+
+def _loader_rows(loader: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Our cache modes (bench/loading.py) against the reference's two: 'off' and the default lazy 'ram' cache
+    against its uncached figure (the 'ram' row is what a default training run gets after its first epoch, the
+    'ram 1st pass' row its first epoch), 'preload' (--cache-images) against its cached one."""
+    rows = []
+    for item in loader:
         ref_mode = "cache" if item["cache"] == "preload" else "nocache"
         key = f"{item['img_size']}/w{item['workers']}/{ref_mode}"
-        if key in REFERENCE_LOADER_IMG_S:
-            rows.append(_row(f"loader {item['img_size']}/w{item['workers']}/{item['cache']} vs {ref_mode}", "loader",
-                             item["img_s"]["median"], REFERENCE_LOADER_IMG_S[key], "img/s", True, TARGETS["loader"]))
-            if item["cache"] == "ram" and item.get("first_pass_img_s"):  # a default run's first epoch: cold cache
-                rows.append(_row(f"loader {item['img_size']}/w{item['workers']}/ram 1st pass vs nocache", "loader",
-                                 item["first_pass_img_s"], REFERENCE_LOADER_IMG_S[key], "img/s", True,
-                                 TARGETS["loader"]))
+        if key not in REFERENCE_LOADER_IMG_S:
+            continue
+        rows.append(_row(f"loader {item['img_size']}/w{item['workers']}/{item['cache']} vs {ref_mode}", "loader",
+                         item["img_s"]["median"], REFERENCE_LOADER_IMG_S[key], "img/s", True, TARGETS["loader"]))
+        if item["cache"] == "ram" and item.get("first_pass_img_s"):  # a default run's first epoch: cold cache
+            rows.append(_row(f"loader {item['img_size']}/w{item['workers']}/ram 1st pass vs nocache", "loader",
+                             item["first_pass_img_s"], REFERENCE_LOADER_IMG_S[key], "img/s", True,
+                             TARGETS["loader"]))
+    return rows
 
-    infer_ms: dict[str, float] = {}
-    for item in results.get("infer") or []:
+
+def _infer_rows(infer: list[dict[str, object]]) -> tuple[list[dict[str, object]], dict[str, float]]:
+    """fp32 inference rows, and their ms per image by model@size/batch/fused|unfused."""
+    rows, infer_ms = [], {}
+    for item in infer:
         key = f"{item['model']}@{item['img_size']}/b{item['batch_size']}/{'fused' if item['fused'] else 'unfused'}"
         if item.get("precision") != "fp32" or key not in REFERENCE_INFER_MS:
             continue
         infer_ms[key] = item["ms_per_img"]["median"]
         rows.append(_row(f"infer {key}", "infer", infer_ms[key], REFERENCE_INFER_MS[key], "ms/img", False, None))
+    return rows, infer_ms
 
-    nms_ms: dict[tuple[float, int], float] = {}
-    for item in results.get("nms") or []:
+
+def _nms_rows(nms: list[dict[str, object]]) -> tuple[list[dict[str, object]], dict[tuple[float, int], float]]:
+    """NMS rows at the reference's thresholds, and their ms per image by (conf_thres, batch size)."""
+    rows, nms_ms = [], {}
+    for item in nms:
         if item.get("source") == "synthetic" and item.get("layout") != "yolov3-tiny@320/nc3":
             continue
         conf = item["conf_thres"]
@@ -184,8 +215,12 @@ def compare(results: dict[str, object]) -> list[dict[str, object]]:
             nms_ms[(conf, item["batch_size"])] = item["ms_per_img"]["median"]
             rows.append(_row(f"nms conf {conf} b{item['batch_size']} ({item['source']})", "nms",
                              item["ms_per_img"]["median"], REFERENCE_NMS_MS[conf], "ms/img", False, None))
+    return rows, nms_ms
 
-    # Inference plus NMS at conf 0.001 (test.py's setting), fused tiny@320: the issue's end-to-end target.
+
+def _infer_nms_rows(infer_ms: dict[str, float], nms_ms: dict[tuple[float, int], float]) -> list[dict[str, object]]:
+    """Inference plus NMS at conf 0.001 (test.py's setting), fused tiny@320: the issue's end-to-end target."""
+    rows = []
     for batch in (1, 16):
         key = f"yolov3-tiny@320/b{batch}/fused"
         if key in infer_ms and (0.001, batch) in nms_ms:
@@ -193,13 +228,6 @@ def compare(results: dict[str, object]) -> list[dict[str, object]]:
             ref = REFERENCE_INFER_MS[key] + REFERENCE_NMS_MS[0.001]
             rows.append(_row(f"infer+nms {key} conf 0.001", "infer", ours, ref, "ms/img", False,
                              TARGETS["infer+nms"]))
-
-    for row in rows:
-        factor = hardware_factor(row["kind"], ceilings)
-        row["hw_factor"] = factor
-        row["speedup_hw_adjusted"] = (
-            row["speedup"] / factor if (factor and row["speedup"] is not None) else None
-        )
     return rows
 
 

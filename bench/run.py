@@ -190,104 +190,134 @@ def run_sections(
     images: str | list[str] | None = None
     if {"loader", "train", "epoch", "memory"} & set(args.sections) or args.weights:
         images, results["data"] = resolve_images(args.data, args.quick, scratch)
-
-    def section_ceiling() -> object:
-        return measure_ceilings(device, reps=max(reps, 5) if not args.quick else 1, quick=args.quick, bf16=args.bf16)
-
-    def section_nms() -> object:
-        from bench.inference import bench_nms, model_predictions, synthetic_nms
-
-        if args.weights:
-            pred, nc = model_predictions(REPO_ROOT / args.nms_cfg, Path(args.weights), images, args.nms_img_size,
-                                         p["nms_images"], device)
-            layout = f"{Path(args.nms_cfg).stem}@{args.nms_img_size}/nc{nc}"
-            return bench_nms(pred, "weights", layout, [0.001, 0.1], max(reps, 3))
-        return synthetic_nms(args.quick, p["nms_images"], max(reps, 3) if not args.quick else 1, device)
-
-    def section_loader() -> object:
-        from bench.loading import CACHE_MODES, bench_loader
-
-        rows = []
-        for size in p["loader_sizes"]:
-            for mode in CACHE_MODES:
-                rows += bench_loader(images, size, p["loader_workers"], mode, default_hyp(), p["loader_batch"],
-                                     max(1, min(reps, 3)))
-        return rows
-
-    def section_infer() -> object:
-        from bench.inference import bench_inference
-
-        precisions = ["fp32"] + (["bf16"] if args.bf16 and device.type == "cpu" else [])
-        precisions += ["amp"] if device.type == "cuda" else []
-        rows = []
-        for cfg, size in p["infer"]:
-            rows += bench_inference(cfg, size, p["infer_batches"], device, args.channels_last, precisions, reps,
-                                    budget)
-        return rows
-
-    def section_train() -> object:
-        from bench.training import bench_train_step
-
-        rows = []
-        for cfg, size, batch in p["train"]:
-            for precision in p["train_precisions"]:
-                for autotune in p["cudnn_benchmark"]:
-                    torch.backends.cudnn.benchmark = autotune
-                    rows.append(bench_train_step(cfg, size, batch, precision, device, args.channels_last,
-                                                 default_hyp(), images, reps, budget * 2))
-                    row = rows[-1]
-                    row["cudnn_benchmark"] = autotune if device.type == "cuda" else None
-                    row["ceiling_share"] = ceiling_shares(row["achieved_gflops"], precision,
-                                                          results.get("ceilings") or {})
-        torch.backends.cudnn.benchmark = False
-        if p["train_loader"] and images is not None:
-            rows.append(train_loader_row(p["train_loader"], device, args.channels_last, images))
-        return rows
-
-    def section_epoch() -> object:
-        from bench.training import bench_epoch
-
-        cfg, size, batch, workers = p["epoch"]
-        precision = "amp" if device.type == "cuda" else "fp32"
-        out = bench_epoch(cfg, size, batch, workers, device, args.channels_last, precision, default_hyp(), images,
-                          reps=1 if args.quick else min(reps, 3))
-        if args.train_py and not args.quick:
-            out.update(time_train_py(scratch, device))
-        return out
-
-    def section_memory() -> object:
-        from bench.memory import bench_memory
-
-        return bench_memory(images, args.quick, default_hyp(), torch.get_num_threads())
-
+    quick, cl = args.quick, args.channels_last
     sections = {
-        "memory": ("memory", section_memory),
-        "ceiling": ("ceilings", section_ceiling),
-        "nms": ("nms", section_nms),
-        "loader": ("loader", section_loader),
-        "infer": ("infer", section_infer),
-        "train": ("train", section_train),
-        "epoch": ("epoch", section_epoch),
+        "memory": ("memory", lambda: section_memory(images, quick)),
+        "ceiling": ("ceilings", lambda: measure_ceilings(device, reps=max(reps, 5) if not quick else 1, quick=quick,
+                                                         bf16=args.bf16)),
+        "nms": ("nms", lambda: section_nms(args.weights, args.nms_cfg, args.nms_img_size, images, p["nms_images"],
+                                           quick, reps, device)),
+        "loader": ("loader", lambda: section_loader(images, p["loader_sizes"], p["loader_workers"],
+                                                    p["loader_batch"], reps)),
+        "infer": ("infer", lambda: section_infer(p["infer"], p["infer_batches"], device, cl, args.bf16, reps,
+                                                 budget)),
+        "train": ("train", lambda: section_train(p, device, cl, images, reps, budget, results.get("ceilings") or {})),
+        "epoch": ("epoch", lambda: section_epoch(p["epoch"], device, cl, images, quick, reps,
+                                                 args.train_py and not quick, scratch)),
     }
     for name in SECTIONS:
-        if name not in args.sections:
-            continue
-        key, fn = sections[name]
-        load_before = load_average()
-        meter = CpuMeter()
-        print(f"\n== {name} (load average {load_before}) ==", flush=True)
-        try:
-            results[key] = fn()
-        # A benchmark harness: any failure of one workload is recorded and the run goes on to the next.
-        except Exception as e:  # noqa: BLE001
-            LOGGER.error("section %s failed: %s", name, e)
-            results["errors"][name] = "".join(traceback.format_exception(e))
-            print(results["errors"][name], file=sys.stderr)
+        if name in args.sections:
+            key, fn = sections[name]
+            run_section(name, key, fn, results)
             save()
-            continue
-        results["sections"][name] = {"load_before": load_before, "load_after": load_average(), **meter.read()}
-        print(format_section(key, results[key]), flush=True)
-        save()
+
+
+def run_section(name: str, key: str, fn: Callable[[], object], results: dict[str, object]) -> None:
+    """Run one section: its figures go to results[key] and its load and CPU time to results['sections'][name],
+    and its table is printed; a failure goes to results['errors'][name] (and stderr) instead."""
+    load_before = load_average()
+    meter = CpuMeter()
+    print(f"\n== {name} (load average {load_before}) ==", flush=True)
+    try:
+        results[key] = fn()
+    # A benchmark harness: any failure of one workload is recorded and the run goes on to the next.
+    except Exception as e:  # noqa: BLE001
+        LOGGER.error("section %s failed: %s", name, e)
+        results["errors"][name] = "".join(traceback.format_exception(e))
+        print(results["errors"][name], file=sys.stderr)
+        return
+    results["sections"][name] = {"load_before": load_before, "load_after": load_average(), **meter.read()}
+    print(format_section(key, results[key]), flush=True)
+
+
+def section_nms(
+    weights: str | None, nms_cfg: str, nms_img_size: int, images: str | list[str] | None, n_images: int,
+    quick: bool, reps: int, device: torch.device,
+) -> object:
+    """NMS figures on a trained model's outputs (with --weights) or on the synthetic generator's."""
+    from bench.inference import bench_nms, model_predictions, synthetic_nms
+
+    if weights:
+        pred, nc = model_predictions(REPO_ROOT / nms_cfg, Path(weights), images, nms_img_size, n_images, device)
+        layout = f"{Path(nms_cfg).stem}@{nms_img_size}/nc{nc}"
+        return bench_nms(pred, "weights", layout, [0.001, 0.1], max(reps, 3))
+    return synthetic_nms(quick, n_images, max(reps, 3) if not quick else 1, device)
+
+
+def section_loader(
+    images: str | list[str], sizes: list[int], workers: list[int], batch: int, reps: int
+) -> list[dict[str, object]]:
+    """Data loader rows for every image size and cache mode."""
+    from bench.loading import CACHE_MODES, bench_loader
+
+    rows = []
+    for size in sizes:
+        for mode in CACHE_MODES:
+            rows += bench_loader(images, size, workers, mode, default_hyp(), batch, max(1, min(reps, 3)))
+    return rows
+
+
+def section_infer(
+    specs: list[tuple[Path, int]], batches: list[int], device: torch.device, channels_last: bool, bf16: bool,
+    reps: int, budget: float,
+) -> list[dict[str, object]]:
+    """Inference rows for every (cfg, size) in `specs`: fp32, plus bf16 on a CPU when asked, plus AMP on a GPU."""
+    from bench.inference import bench_inference
+
+    precisions = ["fp32"] + (["bf16"] if bf16 and device.type == "cpu" else [])
+    precisions += ["amp"] if device.type == "cuda" else []
+    rows = []
+    for cfg, size in specs:
+        rows += bench_inference(cfg, size, batches, device, channels_last, precisions, reps, budget)
+    return rows
+
+
+def section_train(
+    p: dict[str, object], device: torch.device, channels_last: bool, images: str | list[str] | None, reps: int,
+    budget: float, ceilings: dict[str, object],
+) -> list[dict[str, object]]:
+    """Training-step rows for every model, precision and cuDNN autotuner setting of plan `p` (each with its share
+    of the kernel `ceilings`), then on a GPU the row of training through the real loader."""
+    from bench.training import bench_train_step
+
+    rows = []
+    for cfg, size, batch in p["train"]:
+        for precision in p["train_precisions"]:
+            for autotune in p["cudnn_benchmark"]:
+                torch.backends.cudnn.benchmark = autotune
+                rows.append(bench_train_step(cfg, size, batch, precision, device, channels_last, default_hyp(),
+                                             images, reps, budget * 2))
+                row = rows[-1]
+                row["cudnn_benchmark"] = autotune if device.type == "cuda" else None
+                row["ceiling_share"] = ceiling_shares(row["achieved_gflops"], precision, ceilings)
+    torch.backends.cudnn.benchmark = False
+    if p["train_loader"] and images is not None:
+        rows.append(train_loader_row(p["train_loader"], device, channels_last, images))
+    return rows
+
+
+def section_epoch(
+    spec: tuple[Path, int, int, int], device: torch.device, channels_last: bool, images: str | list[str],
+    quick: bool, reps: int, train_py: bool, scratch: Path,
+) -> dict[str, object]:
+    """Whole epochs through the real loader (`spec`: cfg, size, batch, workers), and with `train_py` the wall
+    time of a train.py process."""
+    from bench.training import bench_epoch
+
+    cfg, size, batch, workers = spec
+    precision = "amp" if device.type == "cuda" else "fp32"
+    out = bench_epoch(cfg, size, batch, workers, device, channels_last, precision, default_hyp(), images,
+                      reps=1 if quick else min(reps, 3))
+    if train_py:
+        out.update(time_train_py(scratch, device))
+    return out
+
+
+def section_memory(images: str | list[str], quick: bool) -> dict[str, object]:
+    """RAM image cache and heap figures."""
+    from bench.memory import bench_memory
+
+    return bench_memory(images, quick, default_hyp(), torch.get_num_threads())
 
 
 def train_loader_row(
@@ -369,69 +399,89 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
 
 def format_section(key: str, data: object) -> str:
     """The printed table of one section's results."""
-    if key == "ceilings":
-        rows = [[k, _spread(v)] for k, v in data.items() if isinstance(v, dict) and "median" in v]
-        return table(["kernel", "GFLOP/s median (min-max)"], rows)
-    if key == "train":
-        steps = [r for r in data if r.get("kind") != "loader"]
-        rows = [[r["model"], r["img_size"], r["batch_size"], r["precision"],
-                 {None: "-", False: "off", True: "on"}[r.get("cudnn_benchmark")], _spread(r["img_s"]),
-                 r["train_gflop_per_img"], r["achieved_gflops"],
-                 " ".join(f"{k[3:]} {v:.0%}" for k, v in r.get("ceiling_share", {}).items()) or "-",
-                 " ".join(f"{k[:3]} {v:.0%}" for k, v in r["phase_share"].items()), _where(r.get("profile")),
-                 r.get("build_targets_ms"), r["ema_update_ms"]]
-                for r in steps]
-        text = table(["model", "size", "batch", "prec", "cudnn bm", "img/s median (min-max)", "GFLOP/img", "GFLOP/s",
-                      "of ceiling", "phases", "where the step's time goes (profiler)", "build_targets ms",
-                      "ema ms"], rows)
-        loaders = [r for r in data if r.get("kind") == "loader"]
-        if loaders:
-            text += "\n\nthrough the real DataLoader (epoch 0: cold RAM cache, epoch 1: cached)\n" + format_section(
-                "epoch", loaders[0])
-        return text
-    if key == "epoch":
-        rows = [[data["model"], data["img_size"], data["batch_size"], data["workers"], data["images"],
-                 " ".join(_fmt(x) for x in data["seconds_each"]), data["img_s"],
-                 " ".join(f"{x:.1%}" for x in data["data_wait_share_each"]), data.get("train_py_process_s")]]
-        return table(["model", "size", "batch", "workers", "images", "s per epoch (0, 1, ..)", "img/s (median)",
-                      "data wait", "train.py s"], rows)
-    if key == "loader":
-        rows = [[r["img_size"], r["workers"], r["cache"], r["images_per_rep"], r["first_pass_img_s"],
-                 _spread(r["img_s"]), r["dataset_build_s"]] for r in data]
-        return table(["size", "workers", "cache", "images", "1st pass img/s", "img/s median (min-max)", "build s"],
-                     rows)
-    if key == "infer":
-        rows = [[r["model"], r["img_size"], r["batch_size"], r["fused"], r["precision"], _spread(r["ms_per_img"])]
-                for r in data]
-        return table(["model", "size", "batch", "fused", "prec", "ms/img median (min-max)"], rows)
-    if key == "memory":
-        c = data["ram_cache"]
-        lines = [f"RAM image cache (default ram_cache_mb={c['ram_cache_mb_default']:.0f}, at most half of /dev/shm's "
-                 f"{c['dev_shm_free_gib']} GiB free) at {c['img_size']}: "]
-        if c.get("cache"):
-            big = next(v for k, v in c.items() if k.startswith("set_of_"))
-            lines[0] += (f"{c['images_cached_after_one_pass']} of {c['images']} images cached after one pass, "
-                         f"{c['used_mib']} MiB used of {c['reserved_mib']} MiB reserved, "
-                         f"{c['bytes_per_image'] / 2**10:.0f} KiB per image")
-            n_big = next(k for k in c if k.startswith("set_of_"))[7:]
-            lines.append(f"a {n_big}-image set of this kind: {big['decoded_gib']} GiB decoded; the default cache "
-                         f"holds {big['default_cache_holds_images']} of them ({big['default_cache_gib']} GiB), "
-                         "--cache-images would need "
-                         f"{big['cache_images_needs_gib']} GiB per process (MemAvailable here "
-                         f"{big['mem_available_gib']} GiB)")
-        else:
-            lines[0] += "no cache (budget 0 or /dev/shm too small)"
-        rows = [[h["mode"], h["tuned"], h["model"], h["batch_size"], h["sizes"], h["peak_rss_mib"], h["end_rss_mib"],
-                 h["step_s_median"]] for h in data["heap"]]
-        lines.append(table(["heap", "applied", "model", "batch", "sizes", "peak RSS MiB", "end RSS MiB",
-                            "step s median"], rows))
-        return "\n".join(lines)
-    if key == "nms":
-        rows = [[r["source"], r["layout"], r["conf_thres"], r["batch_size"], r["rows_above_conf"],
-                 r["pairs_above_conf"], r["kept_per_img"], _spread(r["ms_per_img"])] for r in data]
-        return table(["source", "layout", "conf", "batch", "rows>conf", "pairs>conf", "kept", "ms/img (min-max)"],
-                     rows)
-    return json.dumps(data, indent=1, default=str)
+    formatter = {
+        "ceilings": _format_ceilings, "train": _format_train, "epoch": _format_epoch, "loader": _format_loader,
+        "infer": _format_infer, "memory": _format_memory, "nms": _format_nms,
+    }.get(key)
+    if formatter is None:
+        return json.dumps(data, indent=1, default=str)
+    return formatter(data)
+
+
+def _format_ceilings(data: dict[str, object]) -> str:
+    rows = [[k, _spread(v)] for k, v in data.items() if isinstance(v, dict) and "median" in v]
+    return table(["kernel", "GFLOP/s median (min-max)"], rows)
+
+
+def _format_train(data: list[dict[str, object]]) -> str:
+    steps = [r for r in data if r.get("kind") != "loader"]
+    rows = [[r["model"], r["img_size"], r["batch_size"], r["precision"],
+             {None: "-", False: "off", True: "on"}[r.get("cudnn_benchmark")], _spread(r["img_s"]),
+             r["train_gflop_per_img"], r["achieved_gflops"],
+             " ".join(f"{k[3:]} {v:.0%}" for k, v in r.get("ceiling_share", {}).items()) or "-",
+             " ".join(f"{k[:3]} {v:.0%}" for k, v in r["phase_share"].items()), _where(r.get("profile")),
+             r.get("build_targets_ms"), r["ema_update_ms"]]
+            for r in steps]
+    text = table(["model", "size", "batch", "prec", "cudnn bm", "img/s median (min-max)", "GFLOP/img", "GFLOP/s",
+                  "of ceiling", "phases", "where the step's time goes (profiler)", "build_targets ms",
+                  "ema ms"], rows)
+    loaders = [r for r in data if r.get("kind") == "loader"]
+    if loaders:
+        text += "\n\nthrough the real DataLoader (epoch 0: cold RAM cache, epoch 1: cached)\n" + _format_epoch(
+            loaders[0])
+    return text
+
+
+def _format_epoch(data: dict[str, object]) -> str:
+    rows = [[data["model"], data["img_size"], data["batch_size"], data["workers"], data["images"],
+             " ".join(_fmt(x) for x in data["seconds_each"]), data["img_s"],
+             " ".join(f"{x:.1%}" for x in data["data_wait_share_each"]), data.get("train_py_process_s")]]
+    return table(["model", "size", "batch", "workers", "images", "s per epoch (0, 1, ..)", "img/s (median)",
+                  "data wait", "train.py s"], rows)
+
+
+def _format_loader(data: list[dict[str, object]]) -> str:
+    rows = [[r["img_size"], r["workers"], r["cache"], r["images_per_rep"], r["first_pass_img_s"],
+             _spread(r["img_s"]), r["dataset_build_s"]] for r in data]
+    return table(["size", "workers", "cache", "images", "1st pass img/s", "img/s median (min-max)", "build s"],
+                 rows)
+
+
+def _format_infer(data: list[dict[str, object]]) -> str:
+    rows = [[r["model"], r["img_size"], r["batch_size"], r["fused"], r["precision"], _spread(r["ms_per_img"])]
+            for r in data]
+    return table(["model", "size", "batch", "fused", "prec", "ms/img median (min-max)"], rows)
+
+
+def _format_memory(data: dict[str, object]) -> str:
+    c = data["ram_cache"]
+    lines = [f"RAM image cache (default ram_cache_mb={c['ram_cache_mb_default']:.0f}, at most half of /dev/shm's "
+             f"{c['dev_shm_free_gib']} GiB free) at {c['img_size']}: "]
+    if c.get("cache"):
+        big = next(v for k, v in c.items() if k.startswith("set_of_"))
+        lines[0] += (f"{c['images_cached_after_one_pass']} of {c['images']} images cached after one pass, "
+                     f"{c['used_mib']} MiB used of {c['reserved_mib']} MiB reserved, "
+                     f"{c['bytes_per_image'] / 2**10:.0f} KiB per image")
+        n_big = next(k for k in c if k.startswith("set_of_"))[7:]
+        lines.append(f"a {n_big}-image set of this kind: {big['decoded_gib']} GiB decoded; the default cache "
+                     f"holds {big['default_cache_holds_images']} of them ({big['default_cache_gib']} GiB), "
+                     "--cache-images would need "
+                     f"{big['cache_images_needs_gib']} GiB per process (MemAvailable here "
+                     f"{big['mem_available_gib']} GiB)")
+    else:
+        lines[0] += "no cache (budget 0 or /dev/shm too small)"
+    rows = [[h["mode"], h["tuned"], h["model"], h["batch_size"], h["sizes"], h["peak_rss_mib"], h["end_rss_mib"],
+             h["step_s_median"]] for h in data["heap"]]
+    lines.append(table(["heap", "applied", "model", "batch", "sizes", "peak RSS MiB", "end RSS MiB",
+                        "step s median"], rows))
+    return "\n".join(lines)
+
+
+def _format_nms(data: list[dict[str, object]]) -> str:
+    rows = [[r["source"], r["layout"], r["conf_thres"], r["batch_size"], r["rows_above_conf"],
+             r["pairs_above_conf"], r["kept_per_img"], _spread(r["ms_per_img"])] for r in data]
+    return table(["source", "layout", "conf", "batch", "rows>conf", "pairs>conf", "kept", "ms/img (min-max)"],
+                 rows)
 
 
 def format_comparison(rows: list[dict[str, object]]) -> str:

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,31 +57,25 @@ def loader_batch(
     return imgs, targets
 
 
+@dataclass
 class TrainStep:
     """One training step on a fixed batch, with the time of each phase of the last call."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        imgs: torch.Tensor,
-        targets: torch.Tensor,
-        loss_hyp: dict[str, float],
-        precision: str,
-        device: torch.device,
-    ) -> None:
-        from utils.loss import compute_loss
+    model: nn.Module
+    imgs: torch.Tensor
+    targets: torch.Tensor
+    loss_hyp: dict[str, float]
+    precision: str
+    device: torch.device
 
-        self.compute_loss = compute_loss
-        self.model = model
-        self.imgs = imgs
-        self.targets = targets
-        self.loss_hyp = loss_hyp
-        self.device = device
-        self.autocast = autocast_for(device, precision)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "amp")
+    def __post_init__(self) -> None:
+        from utils.loss import compute_loss
         from utils.torch_utils import build_optimizer
 
-        self.optimizer = build_optimizer(model, loss_hyp)  # train.py's optimizer
+        self.compute_loss = compute_loss
+        self.autocast = autocast_for(self.device, self.precision)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "amp")
+        self.optimizer = build_optimizer(self.model, self.loss_hyp)  # train.py's optimizer
         self.phases: dict[str, list[float]] = {"forward": [], "loss": [], "backward": [], "optimizer": []}
 
     def __call__(self) -> float:
@@ -338,22 +333,8 @@ def bench_epoch(
     seconds, waits, n_imgs = [], [], 0
     for epoch in range(reps):
         dataset.set_epoch(epoch)
-        wait = 0.0
-        n_imgs = 0
-        t0 = time.perf_counter()
-        it = iter(loader)
-        while True:
-            tw = time.perf_counter()
-            batch = next(it, None)
-            wait += time.perf_counter() - tw
-            if batch is None:
-                break
-            step_fn.imgs = batch[0].to(device, non_blocking=True).float().div_(255).contiguous(memory_format=fmt)
-            step_fn.targets = batch[1].to(device)
-            step_fn()
-            n_imgs += len(batch[0])
-        synchronize(device)
-        seconds.append(time.perf_counter() - t0)
+        epoch_s, wait, n_imgs = _timed_epoch(loader, step_fn, device, fmt)
+        seconds.append(epoch_s)
         waits.append(wait)
     median = float(np.median(seconds))
     return {
@@ -375,6 +356,29 @@ def bench_epoch(
         "data_wait_share": float(np.median([w / s for w, s in zip(waits, seconds)])),
         "data_wait_share_each": [w / s for w, s in zip(waits, seconds)],
     }
+
+
+def _timed_epoch(
+    loader: torch.utils.data.DataLoader, step_fn: TrainStep, device: torch.device, fmt: torch.memory_format
+) -> tuple[float, float, int]:
+    """One pass of `step_fn` over `loader`: seconds from creating the iterator (workers start) to the last
+    step, seconds blocked waiting for the next batch, and images trained on."""
+    wait = 0.0
+    n_imgs = 0
+    t0 = time.perf_counter()
+    it = iter(loader)
+    while True:
+        tw = time.perf_counter()
+        batch = next(it, None)
+        wait += time.perf_counter() - tw
+        if batch is None:
+            break
+        step_fn.imgs = batch[0].to(device, non_blocking=True).float().div_(255).contiguous(memory_format=fmt)
+        step_fn.targets = batch[1].to(device)
+        step_fn()
+        n_imgs += len(batch[0])
+    synchronize(device)
+    return time.perf_counter() - t0, wait, n_imgs
 
 
 def shuffled_loader(dataset, batch_size: int, workers: int, pin_memory: bool = False) -> torch.utils.data.DataLoader:

@@ -294,13 +294,41 @@ def cuda_available(python: str) -> tuple[bool, str]:
     return ok == "True", f"torch {version}, cuda available {ok}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=None, help="output folder (default $OUT, else bench/gpu-check-<host>-<time>)")
     parser.add_argument("--budget", type=float, default=460.0, help="seconds for all steps together (default 460)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and write the report; run nothing")
     parser.add_argument("--stage", action="store_true", help="copy ../shared's coco128 and weights into shared/")
     parser.add_argument("--only", default=",".join(STEP_LIMITS), help=f"steps to run (default {','.join(STEP_LIMITS)})")
+    return parser
+
+
+def skip_reason(name: str, only: list[str], blocked: str | None, cuda: bool, dry_run: bool, left: float) -> str | None:
+    """Why a step is skipped (not asked for, CUDA missing or unusable, budget spent), or None to run it; without
+    CUDA pytest still runs (outside a dry run) to show that every gpu test skips cleanly."""
+    if name not in only:
+        return "not in --only"
+    if blocked and not (name == "pytest" and not cuda and not dry_run):
+        return blocked
+    if left < 20:
+        return f"budget spent ({left:.0f} s left)"
+    return None
+
+
+def execute(step: dict[str, object], limit: float, out: Path, log: Path) -> dict[str, object]:
+    """Run one step (after removing the figure files of earlier runs) and parse its figures."""
+    name = step["name"]
+    for stale in ("junit.xml", "bench.json"):  # figures come only from this run
+        (out / stale).unlink(missing_ok=True)
+    print(f"-> {name} (limit {limit:.0f} s): {shown(step)[:300]}", flush=True)
+    result = run_step(step, limit, log)
+    result["figures"] = figures_of(name, out, result["tail"])
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.stage:
         return stage()
@@ -338,19 +366,11 @@ def main(argv: list[str] | None = None) -> int:
         if "note" in step:
             entry["note"] = step["note"]
         left = args.budget - (time.perf_counter() - t_start)
-        if name not in only:
-            entry.update(status="skipped", why="not in --only")
-        elif blocked and not (name == "pytest" and not cuda and not args.dry_run):
-            entry.update(status="skipped", why=blocked)
-        elif left < 20:
-            entry.update(status="skipped", why=f"budget spent ({left:.0f} s left)")
+        why_skipped = skip_reason(name, only, blocked, cuda, args.dry_run, left)
+        if why_skipped is not None:
+            entry.update(status="skipped", why=why_skipped)
         else:
-            limit = min(STEP_LIMITS[name], left)
-            for stale in ("junit.xml", "bench.json"):  # figures come only from this run
-                (out / stale).unlink(missing_ok=True)
-            print(f"-> {name} (limit {limit:.0f} s): {shown(step)[:300]}", flush=True)
-            entry.update(run_step(step, limit, log))
-            entry["figures"] = figures_of(name, out, entry["tail"])
+            entry.update(execute(step, min(STEP_LIMITS[name], left), out, log))
             if name == "smoke":
                 report["gpu"] = entry["figures"].get("gpu")
                 if entry["status"] != "ok":

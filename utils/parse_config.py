@@ -251,47 +251,62 @@ def _read_blocks(path: Path) -> tuple[list[dict], list[int], list[dict[str, int]
         if not line:
             continue
         if line.startswith("["):
-            if not line.endswith("]"):
-                raise ValueError(f"{path}:{line_no}: malformed section header {line!r}: expected '[name]'")
-            kind = line[1:-1].strip().lower()
-            if kind not in _SCHEMA:
-                known = ", ".join(sorted(k for k in _SCHEMA if k != "network"))
-                raise ValueError(f"{path}:{line_no}: unknown section [{kind}]: expected one of {known}")
-            if kind == "network":
-                kind = "net"
-            if (kind == "net") != (not blocks):
-                where = "must come first" if kind == "net" else "must be preceded by a [net] block"
-                raise ValueError(f"{path}:{line_no}: [{kind}] {where}: expected the file to start with [net]")
+            kind = _section_kind(line, first=not blocks, where=f"{path}:{line_no}")
             blocks.append({"type": kind, **copy.deepcopy(_DEFAULTS.get(kind, {}))})
             key_lines.append({})
             lines.append(line_no)
             continue
         if not blocks:
             raise ValueError(f"{path}:{line_no}: {line!r} before any section: expected a '[net]' header first")
-        if "=" not in line:
-            raise ValueError(f"{path}:{line_no}: malformed line {line!r}: expected 'key=value'")
-        key, text = (s.strip() for s in line.split("=", 1))
-        block = blocks[-1]
-        kind = block["type"]
-        reader = _SCHEMA[kind].get(key)
-        if reader is None:
-            raise ValueError(
-                f"{path}:{line_no}: unknown key {key!r} in [{kind}]: expected one of {', '.join(_SCHEMA[kind])}"
-            )
-        if key in key_lines[-1]:
-            raise ValueError(f"{path}:{line_no}: key {key!r} given twice in this [{kind}] block: expected it once")
-        try:
-            value = reader(text)
-        except ValueError as e:
-            raise ValueError(
-                f"{path}:{line_no}: value {text!r} for {key!r} in [{kind}]: expected {_EXPECTED[reader]}"
-            ) from e
-        if key in _POSITIVE and value <= 0:
-            raise ValueError(f"{path}:{line_no}: value {text!r} for {key!r} in [{kind}]: expected a positive integer")
-        block[key] = value
+        key, value = _key_value(line, blocks[-1]["type"], key_lines[-1], where=f"{path}:{line_no}")
+        blocks[-1][key] = value
         key_lines[-1][key] = line_no
     if not blocks:
         raise ValueError(f"{path}:1: no sections found: expected a Darknet cfg starting with [net]")
+    _complete_blocks(blocks, lines, key_lines, path)
+    return blocks, lines[1:], key_lines[1:], key_lines[0]
+
+
+def _section_kind(line: str, first: bool, where: str) -> str:
+    """The section name of a ``[name]`` header line (``network`` read as ``net``); `first`: no block before it.
+    Raises ``ValueError("where: ...")`` for a malformed header, an unknown section or [net] out of place."""
+    if not line.endswith("]"):
+        raise ValueError(f"{where}: malformed section header {line!r}: expected '[name]'")
+    kind = line[1:-1].strip().lower()
+    if kind not in _SCHEMA:
+        known = ", ".join(sorted(k for k in _SCHEMA if k != "network"))
+        raise ValueError(f"{where}: unknown section [{kind}]: expected one of {known}")
+    if kind == "network":
+        kind = "net"
+    if (kind == "net") != first:
+        order = "must come first" if kind == "net" else "must be preceded by a [net] block"
+        raise ValueError(f"{where}: [{kind}] {order}: expected the file to start with [net]")
+    return kind
+
+
+def _key_value(line: str, kind: str, seen: Mapping[str, int], where: str) -> tuple[str, Any]:
+    """The key and typed value of a ``key=value`` line in a [kind] block whose keys so far are `seen`.
+    Raises ``ValueError("where: ...")`` for a malformed line, an unknown or repeated key or a bad value."""
+    if "=" not in line:
+        raise ValueError(f"{where}: malformed line {line!r}: expected 'key=value'")
+    key, text = (s.strip() for s in line.split("=", 1))
+    reader = _SCHEMA[kind].get(key)
+    if reader is None:
+        raise ValueError(f"{where}: unknown key {key!r} in [{kind}]: expected one of {', '.join(_SCHEMA[kind])}")
+    if key in seen:
+        raise ValueError(f"{where}: key {key!r} given twice in this [{kind}] block: expected it once")
+    try:
+        value = reader(text)
+    except ValueError as e:
+        raise ValueError(f"{where}: value {text!r} for {key!r} in [{kind}]: expected {_EXPECTED[reader]}") from e
+    if key in _POSITIVE and value <= 0:
+        raise ValueError(f"{where}: value {text!r} for {key!r} in [{kind}]: expected a positive integer")
+    return key, value
+
+
+def _complete_blocks(blocks: list[dict], lines: list[int], key_lines: list[dict[str, int]], path: Path) -> None:
+    """Check every block has its required keys, and fill in the defaults that depend on other keys (a [maxpool]'s
+    size is its stride, a [yolo] without mask uses all its anchors), in place."""
     for block, line_no, keys in zip(blocks, lines, key_lines):
         missing = [k for k in _REQUIRED.get(block["type"], ()) if k not in keys]
         if missing:
@@ -300,7 +315,6 @@ def _read_blocks(path: Path) -> tuple[list[dict], list[int], list[dict[str, int]
             block.setdefault("size", block["stride"])
         if block["type"] == "yolo" and "mask" not in block:
             block["mask"] = list(range(len(block["anchors"])))
-    return blocks, lines[1:], key_lines[1:], key_lines[0]
 
 
 def adapt_nc(blocks: list[dict], nc: int) -> list[dict]:

@@ -5,7 +5,17 @@ import pytest
 import torch
 import torchvision.ops as tvops
 
-from utils.boxes import bbox_iou, box_iou, clip_coords, scale_coords, wh_iou, xywh2xyxy, xyxy2xywh
+from utils.boxes import (
+    bbox_iou,
+    box_iou,
+    clip_coords,
+    scale_coords,
+    wh_iou,
+    xywh2xyxy,
+    xywhn2xyxy,
+    xyxy2xywh,
+    xyxy2xywhn,
+)
 
 
 def random_xyxy(n: int, seed: int, dtype=torch.float64) -> torch.Tensor:
@@ -34,6 +44,68 @@ def test_conversions_return_copies():
     y = xywh2xyxy(b)
     assert y is not b and torch.equal(b, torch.tensor([[10.0, 20.0, 4.0, 6.0, 0.9, 3.0]]))
     assert torch.equal(y, torch.tensor([[8.0, 17.0, 12.0, 23.0, 0.9, 3.0]]))
+
+
+def random_xywhn(n: int, seed: int) -> np.ndarray:
+    """(n, 5) float32 label rows ``class, x, y, w, h`` normalised, as a label file gives them."""
+    rng = np.random.default_rng(seed)
+    wh = rng.uniform(0.01, 0.6, (n, 2))
+    xy = wh / 2 + rng.uniform(0, 1, (n, 2)) * (1 - wh)
+    return np.concatenate((rng.integers(0, 80, (n, 1)), xy, wh), 1).astype(np.float32)
+
+
+def test_xywhn2xyxy_is_the_letterbox_formula_to_the_bit():
+    x = random_xywhn(50, 0)
+    ratio, (w, h), pad = (0.8125, 0.8125), (333, 500), (12.5, 0.0)
+    want = np.empty_like(x)  # the letterboxed label rows as written out before this function existed
+    want[:, 0] = x[:, 0]
+    want[:, 1] = ratio[0] * w * (x[:, 1] - x[:, 3] / 2) + pad[0]
+    want[:, 2] = ratio[1] * h * (x[:, 2] - x[:, 4] / 2) + pad[1]
+    want[:, 3] = ratio[0] * w * (x[:, 1] + x[:, 3] / 2) + pad[0]
+    want[:, 4] = ratio[1] * h * (x[:, 2] + x[:, 4] / 2) + pad[1]
+    got = np.concatenate((x[:, :1], xywhn2xyxy(x[:, 1:], ratio[0] * w, ratio[1] * h, pad[0], pad[1])), 1)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+
+
+def test_xywhn2xyxy_takes_one_size_and_offset_per_box():
+    x = random_xywhn(12, 1)
+    geo = np.random.default_rng(2).uniform(50, 600, (12, 4)).astype(np.float32)  # per box: w, h, x offset, y offset
+    half = x[:, 3:5] / 2
+    want = np.empty((12, 4), np.float32)  # the mosaic's vectorised form
+    want[:, 0:2] = geo[:, :2] * (x[:, 1:3] - half) + geo[:, 2:]
+    want[:, 2:4] = geo[:, :2] * (x[:, 1:3] + half) + geo[:, 2:]
+    np.testing.assert_array_equal(xywhn2xyxy(x[:, 1:5], geo[:, 0], geo[:, 1], geo[:, 2], geo[:, 3]), want)
+
+
+def test_xywhn2xyxy_tensor_without_padding_equals_scaling_xywh2xyxy():
+    t = torch.from_numpy(random_xywhn(30, 3)[:, 1:])
+    whwh = torch.tensor([416, 320, 416, 320])
+    assert torch.equal(xywhn2xyxy(t, 416, 320), xywh2xyxy(t) * whwh)
+    assert torch.equal(xywhn2xyxy(t, 1, 1), xywh2xyxy(t))
+
+
+def test_xyxy2xywhn_is_dividing_xyxy2xywh_by_the_size_to_the_bit():
+    b = random_xyxy(40, 4, dtype=torch.float32)
+    scale = torch.tensor([640, 480, 640, 480])
+    assert torch.equal(xyxy2xywhn(b, 640, 480), xyxy2xywh(b) / scale)
+    a = b.numpy().copy()
+    a_in = a.copy()
+    got = xyxy2xywhn(a, 640, 480)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float32
+    np.testing.assert_array_equal(got, xyxy2xywh(a) / np.array([640, 480, 640, 480], dtype=np.float32))
+    np.testing.assert_array_equal(a, a_in)  # input untouched
+
+
+def test_xywhn_round_trip_and_extra_columns():
+    x = torch.from_numpy(random_xywhn(25, 5)).double()[:, [1, 2, 3, 4, 0]]  # class moved to the end: kept as is
+    y = xywhn2xyxy(x, 500, 375)
+    assert torch.equal(y[:, 4], x[:, 4]) and y is not x
+    assert ((y[:, 2] > y[:, 0]) & (y[:, 3] > y[:, 1])).all() and y[:, :4].min() >= 0 and y[:, 2].max() <= 500
+    back = xyxy2xywhn(y, 500, 375)
+    assert torch.allclose(back, x, atol=1e-12) and torch.equal(back[:, 4], x[:, 4])
+    assert torch.equal(xywhn2xyxy(torch.tensor([[0.5, 0.5, 0.5, 0.25]]), 100, 200, 10, 20),
+                       torch.tensor([[35.0, 95.0, 85.0, 145.0]]))
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
 """Box format conversions, clipping, rescaling and IoU variants.
 
-Formats: ``xyxy`` is (x1, y1, x2, y2) corners; ``xywh`` is (centre x, centre y, width, height). Units are
-whatever the caller passes (pixels, normalised or grid units) unless a docstring says otherwise.
+Formats: ``xyxy`` is (x1, y1, x2, y2) corners; ``xywh`` is (centre x, centre y, width, height); ``xywhn`` is
+xywh normalised to 0..1 by the image's width and height. Units are whatever the caller passes (pixels, normalised
+or grid units) unless the name or the docstring says otherwise.
 
 The small epsilons (``1e-16``) and the order of the arithmetic follow the reference trainer so that losses
 computed with these functions equal its values on identical inputs.
@@ -39,6 +40,29 @@ def xywh2xyxy(x: Array) -> Array:
     y[:, 1] = x[:, 1] - x[:, 3] / 2
     y[:, 2] = x[:, 0] + x[:, 2] / 2
     y[:, 3] = x[:, 1] + x[:, 3] / 2
+    return y
+
+
+def xywhn2xyxy(x: Array, w: float | Array, h: float | Array, padw: float | Array = 0, padh: float | Array = 0) -> Array:
+    """Convert boxes (n, 4) from xywh normalised to 0..1 to xyxy pixels of a ``w`` x ``h`` image placed at
+    ``(padw, padh)``: ``x1 = w * (x - bw / 2) + padw`` and so on. ``w``, ``h``, ``padw``, ``padh`` are numbers or
+    (n,) arrays (one per box, as in a mosaic). Returns a copy; extra columns are kept."""
+    y = _copy(x)
+    y[:, 0] = w * (x[:, 0] - x[:, 2] / 2) + padw
+    y[:, 1] = h * (x[:, 1] - x[:, 3] / 2) + padh
+    y[:, 2] = w * (x[:, 0] + x[:, 2] / 2) + padw
+    y[:, 3] = h * (x[:, 1] + x[:, 3] / 2) + padh
+    return y
+
+
+def xyxy2xywhn(x: Array, w: float, h: float) -> Array:
+    """Convert boxes (n, 4) from xyxy pixels of a ``w`` x ``h`` image to xywh normalised to 0..1 (centre and size
+    divided by the image's width and height; no clipping). Returns a copy; extra columns are kept."""
+    y = xyxy2xywh(x)
+    y[:, 0] = y[:, 0] / w
+    y[:, 1] = y[:, 1] / h
+    y[:, 2] = y[:, 2] / w
+    y[:, 3] = y[:, 3] / h
     return y
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks of the trainer: speed against the reference trainer's figures, the GPU check, and learning."""

@@ -1,5 +1,7 @@
-"""Data-loader workload: images/s of LoadImagesAndLabels with mosaic, HSV, affine and flip through a
-DataLoader, by image size, worker count and image caching (as in ../shared/reference/baseline-cpu.md).
+"""Data-loader workload: images/s of the training dataset through a DataLoader.
+
+LoadImagesAndLabels with mosaic, HSV, affine and flip, by image size, worker count and image caching (as in
+../shared/reference/baseline-cpu.md).
 
 Cache modes:
 - ``off``: every item decodes its 4 mosaic images from disk (``ram_cache_mb=0``): the reference's "no cache".

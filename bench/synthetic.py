@@ -1,5 +1,6 @@
-"""Synthetic inputs for the benchmark: 'trained-like' detection outputs for NMS, a random labelled image set,
-and a random training batch. All deterministic given a seed.
+"""Synthetic inputs for the benchmark, all deterministic given a seed.
+
+'Trained-like' detection outputs for NMS, a random labelled image set, and a random training batch.
 
 Why trained-like outputs: NMS cost grows with the number of candidates above `conf_thres`. A randomly
 initialised head gives every box a score near 0.5, so every row passes and NMS times are meaningless

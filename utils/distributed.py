@@ -1,6 +1,8 @@
-"""Distributed training on PyTorch's own engine: process group setup from torchrun's environment,
-a sampler whose global batches do not depend on the number of ranks, SyncBatchNorm that also works on
-CPU (gloo), and small collective helpers that are no-ops in a single process.
+"""Distributed training on PyTorch's own engine (torchrun, DDP), equal to one process.
+
+Process group setup from torchrun's environment, a sampler whose global batches do not depend on the number
+of ranks, SyncBatchNorm that also works on CPU (gloo), and small collective helpers that are no-ops in a single
+process.
 
 Terms: a *rank* is one training process; ``world_size`` is the number of ranks over all machines;
 ``local_rank`` numbers the ranks of one machine (it picks the GPU). The *global batch* (``--batch-size``)

@@ -201,7 +201,9 @@ def run_sections(
                                                     p["loader_batch"], reps)),
         "infer": ("infer", lambda: section_infer(p["infer"], p["infer_batches"], device, cl, args.bf16, reps,
                                                  budget)),
-        "train": ("train", lambda: section_train(p, device, cl, images, reps, budget, results.get("ceilings") or {})),
+        "train": ("train", lambda: section_train(p["train"], p["train_precisions"], p["cudnn_benchmark"],
+                                                 p["train_loader"], device, cl, images, reps, budget,
+                                                 results.get("ceilings") or {})),
         "epoch": ("epoch", lambda: section_epoch(p["epoch"], device, cl, images, quick, reps,
                                                  args.train_py and not quick, scratch)),
     }
@@ -273,17 +275,19 @@ def section_infer(
 
 
 def section_train(
-    p: dict[str, object], device: torch.device, channels_last: bool, images: str | list[str] | None, reps: int,
-    budget: float, ceilings: dict[str, object],
+    specs: list[tuple[Path, int, int]], precisions: list[str], autotune_settings: list[bool],
+    loader_spec: tuple[Path, int, int, int, int] | None, device: torch.device, channels_last: bool,
+    images: str | list[str] | None, reps: int, budget: float, ceilings: dict[str, object],
 ) -> list[dict[str, object]]:
-    """Training-step rows for every model, precision and cuDNN autotuner setting of plan `p` (each with its share
-    of the kernel `ceilings`), then on a GPU the row of training through the real loader."""
+    """Training-step rows for every (cfg, size, batch) of `specs`, precision and cuDNN autotuner setting (each with
+    its share of the kernel `ceilings`), then with `loader_spec` (a GPU) the row of training through the real
+    loader (train_loader_row)."""
     from bench.training import bench_train_step
 
     rows = []
-    for cfg, size, batch in p["train"]:
-        for precision in p["train_precisions"]:
-            for autotune in p["cudnn_benchmark"]:
+    for cfg, size, batch in specs:
+        for precision in precisions:
+            for autotune in autotune_settings:
                 torch.backends.cudnn.benchmark = autotune
                 rows.append(bench_train_step(cfg, size, batch, precision, device, channels_last, default_hyp(),
                                              images, reps, budget * 2))
@@ -291,8 +295,8 @@ def section_train(
                 row["cudnn_benchmark"] = autotune if device.type == "cuda" else None
                 row["ceiling_share"] = ceiling_shares(row["achieved_gflops"], precision, ceilings)
     torch.backends.cudnn.benchmark = False
-    if p["train_loader"] and images is not None:
-        rows.append(train_loader_row(p["train_loader"], device, channels_last, images))
+    if loader_spec and images is not None:
+        rows.append(train_loader_row(loader_spec, device, channels_last, images))
     return rows
 
 

@@ -206,6 +206,24 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(counter.get_total_flops())
 
 
+def step_batch(
+    images: str | list[str] | None, img_size: int, batch_size: int, nc: int, hyp: dict[str, float],
+    device: torch.device, channels_last: bool,
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The fixed batch a training-step benchmark repeats, on `device`: float images (batch, 3, img_size, img_size)
+    in 0..1, targets (n, 6), and where they come from ('mosaic': the image set's first items, loader_batch;
+    'random': random_batch with COCO-like targets when `images` is None)."""
+    if images is None:
+        imgs, targets = random_batch(batch_size, img_size, nc)
+        source = "random"
+    else:
+        imgs_u8, targets = loader_batch(images, img_size, batch_size, hyp)
+        imgs = imgs_u8.float() / 255
+        source = "mosaic"
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return imgs.to(device).contiguous(memory_format=fmt), targets.to(device), source
+
+
 def bench_train_step(
     cfg: Path,
     img_size: int,
@@ -233,16 +251,7 @@ def bench_train_step(
     model = build_model(cfg, img_size, nc, device, channels_last)
     model.train()
     model.hyp, model.gr = loss_hyp, 1.0
-    if images is None:
-        imgs, targets = random_batch(batch_size, img_size, nc)
-        source = "random"
-    else:
-        imgs_u8, targets = loader_batch(images, img_size, batch_size, hyp)
-        imgs = imgs_u8.float() / 255
-        source = "mosaic"
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    imgs = imgs.to(device).contiguous(memory_format=fmt)
-    targets = targets.to(device)
+    imgs, targets, source = step_batch(images, img_size, batch_size, nc, hyp, device, channels_last)
     step = TrainStep(model, imgs, targets, loss_hyp, precision, device)
 
     # The two counted calls are also the warm-up (the counter's overhead is not timed).

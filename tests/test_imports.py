@@ -9,7 +9,9 @@ MODULES = [
     "models", "test", "train", "detect", "export", "utils.parse_config", "utils.layers", "utils.boxes",
     "utils.loss", "utils.nms", "utils.metrics", "utils.augmentations", "utils.datasets", "utils.shapes",
     "utils.sources", "utils.hyp", "utils.schedule", "utils.checkpoint", "utils.evolve", "utils.plots",
-    "utils.distributed", "utils.torch_utils", "utils.general", "bench.run",
+    "utils.distributed", "utils.torch_utils", "utils.general", "bench.run", "utils.convert", "utils.runlock",
+    "utils.runstop", "bench.ceilings", "bench.gpu_check", "bench.inference", "bench.learn", "bench.loading",
+    "bench.memory", "bench.reference", "bench.synthetic", "bench.timing", "bench.training",
 ]  # fmt: skip
 
 
@@ -21,3 +23,10 @@ def test_importing_every_module_prints_and_writes_nothing(repo_root, tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout == "" and done.stderr == ""
     assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_the_list_names_every_module(repo_root):
+    found = {p.stem for p in repo_root.glob("*.py")}
+    for package in ("utils", "bench"):
+        found |= {f"{package}.{p.stem}" for p in (repo_root / package).glob("*.py") if p.stem != "__init__"}
+    assert sorted(found - set(MODULES)) == []

@@ -1,4 +1,7 @@
-"""Small PyTorch helpers: device selection, seeding, EMA of weights, conv+BN folding, model summary, timing."""
+"""PyTorch plumbing shared by the programs: device, seeds, optimizer, weights EMA, conv+BN folding, model summary.
+
+Also torch.compile of the forward pass and a synchronised timer.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""End-to-end distributed training with torchrun on CPU (gloo): two ranks equal one process, a stopped 2-rank
-run resumes to the same weights, two simulated machines on loopback complete an epoch, and a dead rank ends
-the job with torchrun's report instead of hanging.
+"""End-to-end distributed training with torchrun on CPU (gloo).
+
+Two ranks equal one process, a stopped 2-rank run resumes to the same weights, two simulated machines on
+loopback complete an epoch, and a dead rank ends the job with torchrun's report instead of hanging.
 
 Kept small for a 2-core machine: yolov3-tiny at 64 px, 16 training images, global batch 4, accumulate 2
 (so both DDP's no_sync batches and the all-reduce batches are exercised), 2 epochs, no data workers.

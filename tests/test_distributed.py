@@ -1,5 +1,7 @@
-"""utils.distributed: the rank-independent batch sampler, setup from the torchrun environment, and CPU
-SyncBatchNorm checked against plain BatchNorm on the concatenated batch in a real 2-process gloo group."""
+"""utils.distributed: the batch sampler, setup from the torchrun environment, and CPU SyncBatchNorm.
+
+The sampler is rank-independent; SyncBatchNorm is checked against plain BatchNorm on the concatenated batch
+in a real 2-process gloo group."""
 
 from __future__ import annotations
 

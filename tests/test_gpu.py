@@ -1,7 +1,8 @@
 """CUDA paths that CPU runs never take (every test is marked gpu).
 
 AMP training against float32, the GradScaler through --resume, test.py --half against float32, channels-last
-on CUDA, and NCCL under torchrun. Every test skips without CUDA; ``python bench/gpu_check.py`` runs them (``pytest -m gpu``) with the rest of the GPU check.
+on CUDA, and NCCL under torchrun. Every test skips without CUDA; ``python bench/gpu_check.py`` runs them
+(``pytest -m gpu``) with the rest of the GPU check.
 
 Stated tolerances (what "equal within a tolerance" means below):
 - AMP (float16 autocast + GradScaler, as train.py on CUDA) against float32 (as ``--no-amp``), yolov3-tiny@320

@@ -48,7 +48,7 @@ from torch import nn
 from torch.distributed.elastic.multiprocessing.errors import record
 from tqdm import tqdm
 
-import test as evaluation  # this project's test.py (the evaluation CLI), not the standard library package
+import utils.evaluate as evaluation
 from models import Darknet, load_weights_fitting
 from utils.checkpoint import (
     CheckpointSaveError,

@@ -171,7 +171,7 @@ def test_channels_last_on_cuda_matches_nchw_and_keeps_the_layout():
 
 def test_half_eval_outputs_match_float32():
     """test.py --half runs the fused model under float16 autocast; its decoded outputs stay close to float32."""
-    import test as test_py
+    import utils.evaluate as test_py
 
     torch.manual_seed(0)
     model = Darknet(TINY, nc=80)
@@ -200,7 +200,7 @@ def test_half_test_py_matches_float32_on_coco128(tmp_path):
     images = SHARED / "datasets" / "coco128" / "images" / "train2017"
     if not (weights.is_file() and images.is_dir()):
         pytest.skip(f"needs the official yolov3-tiny weights and coco128 in {SHARED} (bench/gpu_check.py --stage)")
-    import test as test_py
+    import utils.evaluate as test_py
 
     data = tmp_path / "coco128.data"
     data.write_text(f"classes=80\ntrain={images}\nvalid={images}\nnames={REPO / 'data' / 'coco128.names'}\n")

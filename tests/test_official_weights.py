@@ -5,11 +5,11 @@ these (``../shared/weights/README.md``). A departure in data loading (decoding, 
 letterbox), the network, NMS or the metrics moves them by more than the tolerances.
 """
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+
+import utils.evaluate as evaluation
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO.parent / "shared" / "weights" / "yolov3-tiny.weights"
@@ -18,18 +18,9 @@ WEIGHTS = REPO.parent / "shared" / "weights" / "yolov3-tiny.weights"
 REFERENCE = {416: (0.378, 0.441, 0.424, 0.375), 320: (0.377, 0.395, 0.395, 0.350)}
 
 
-@pytest.fixture(scope="module")
-def test_py():
-    spec = importlib.util.spec_from_file_location("yolo_test_py_official", REPO / "test.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("img_size", [416, 320])
-def test_official_yolov3_tiny_on_coco128_equals_reference(test_py, coco128_dir, tmp_path, img_size, capsys):
+def test_official_yolov3_tiny_on_coco128_equals_reference(coco128_dir, tmp_path, img_size, capsys):
     if not WEIGHTS.is_file():
         pytest.skip(f"official weights not found at {WEIGHTS}")
     from utils.parse_config import parse_model_cfg
@@ -40,7 +31,7 @@ def test_official_yolov3_tiny_on_coco128_equals_reference(test_py, coco128_dir, 
     data = tmp_path / "coco128.data"
     images = coco128_dir / "images" / "train2017"
     data.write_text(f"classes=80\ntrain={images}\nvalid={images}\nnames={coco128_dir / 'coco128.names'}\n")
-    results, _ = test_py.test(
+    results, _ = evaluation.test(
         str(cfg), str(data), str(WEIGHTS), batch_size=16, img_size=img_size, conf_thres=0.001, iou_thres=0.6,
         device="cpu", plots=False, verbose=False,
     )  # fmt: skip

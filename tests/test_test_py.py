@@ -1,8 +1,6 @@
 """test.py: the CLI, the metric code against pycocotools on real coco128 boxes, and a tiny end-to-end run."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import cv2
@@ -10,24 +8,16 @@ import numpy as np
 import pytest
 import torch
 
+import utils.coco as coco
+import utils.evaluate as evaluation
 from utils.boxes import xywh2xyxy
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def test_py():
-    """Our test.py, loaded by path (the name ``test`` would otherwise find the standard library package)."""
-    spec = importlib.util.spec_from_file_location("yolo_test_py", REPO / "test.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_help_lists_every_flag(test_py, capsys):
+def test_help_lists_every_flag(test_cli, capsys):
     with pytest.raises(SystemExit) as e:
-        test_py.main(["--help"])
+        test_cli.main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
     flags = (
@@ -38,17 +28,17 @@ def test_help_lists_every_flag(test_py, capsys):
         assert flag in out, flag
 
 
-def test_perfect_and_empty_detections(test_py):
+def test_perfect_and_empty_detections():
     labels = [torch.tensor([[0, 10.0, 10.0, 50.0, 50.0], [2, 60.0, 60.0, 90.0, 100.0]]), torch.zeros(0, 5)]
     preds = [torch.tensor([[10.0, 10.0, 50.0, 50.0, 0.9, 0], [60.0, 60.0, 90.0, 100.0, 0.8, 2]]), torch.zeros(0, 6)]
-    m = test_py.evaluate_detections(preds, labels, nc=3)
+    m = evaluation.evaluate_detections(preds, labels, nc=3)
     # a perfect detector: P = R = 1 and AP 0.995 (the curve is closed at recall 1 with precision 0)
     assert (m.mp, m.mr) == (1.0, 1.0)
     assert m.map50 == pytest.approx(0.995) and m.map == pytest.approx(0.995)
     assert m.ap_class.tolist() == [0, 2] and m.nt.tolist() == [1, 0, 1]
-    none = test_py.evaluate_detections([torch.zeros(0, 6)] * 2, labels, nc=3)
+    none = evaluation.evaluate_detections([torch.zeros(0, 6)] * 2, labels, nc=3)
     assert none.map50 == 0.0 and none.mp == 0.0
-    empty = test_py.evaluate_detections([torch.zeros(0, 6)], [torch.zeros(0, 5)], nc=3)
+    empty = evaluation.evaluate_detections([torch.zeros(0, 6)], [torch.zeros(0, 5)], nc=3)
     assert empty.map == 0.0 and empty.nt.tolist() == [0, 0, 0]
 
 
@@ -86,23 +76,23 @@ def coco128_detections(coco128_dir: Path, seed: int = 0):
     return ids, preds, labels
 
 
-def test_coco80_to_91_matches_coco128_categories(test_py, coco128_dir):
+def test_coco80_to_91_matches_coco128_categories(coco128_dir):
     anno = json.loads((coco128_dir / "annotations" / "instances_train2017.json").read_text())
-    assert list(test_py.COCO80_TO_91) == sorted(c["id"] for c in anno["categories"])
-    assert test_py.find_coco_json([str(coco128_dir / "images" / "train2017" / "000000000009.jpg")]) == (
+    assert list(coco.COCO80_TO_91) == sorted(c["id"] for c in anno["categories"])
+    assert coco.find_coco_json([str(coco128_dir / "images" / "train2017" / "000000000009.jpg")]) == (
         coco128_dir / "annotations" / "instances_train2017.json"
     )
 
 
-def test_coco128_map_matches_pycocotools(test_py, coco128_dir, tmp_path, capsys):
+def test_coco128_map_matches_pycocotools(coco128_dir, tmp_path, capsys):
     pytest.importorskip("pycocotools")
     ids, preds, labels = coco128_detections(coco128_dir)
-    ours = test_py.evaluate_detections(preds, labels, nc=80)
-    rows = [r for img_id, det in zip(ids, preds) for r in test_py.coco_json_rows(det, img_id, nc=80)]
+    ours = evaluation.evaluate_detections(preds, labels, nc=80)
+    rows = [r for img_id, det in zip(ids, preds) for r in coco.coco_json_rows(det, img_id, nc=80)]
     pred_json = tmp_path / "detections.json"
     pred_json.write_text(json.dumps(rows))
     anno = coco128_dir / "annotations" / "instances_train2017.json"
-    coco_map, coco_map50 = test_py.run_cocoeval(anno, pred_json, ids)
+    coco_map, coco_map50 = coco.run_cocoeval(anno, pred_json, ids)
     with capsys.disabled():
         print(
             f"\ncoco128 jittered detections: ours mAP@0.5 {ours.map50:.4f} mAP@0.5:0.95 {ours.map:.4f} | "
@@ -130,7 +120,7 @@ def write_tiny_dataset(root: Path, n: int = 4, size: int = 64) -> Path:
     return data
 
 
-def test_end_to_end_tiny_model(test_py, tmp_path, capsys):
+def test_end_to_end_tiny_model(test_cli, tmp_path, capsys):
     pytest.importorskip("utils.datasets")
     data = write_tiny_dataset(tmp_path / "tiny")
     cfg = REPO / "cfg" / "yolov3-tiny.cfg"
@@ -142,7 +132,7 @@ def test_end_to_end_tiny_model(test_py, tmp_path, capsys):
 
     save_dir = tmp_path / "run"
     hyp = {"giou": 3.54, "cls": 37.4, "cls_pw": 1.0, "obj": 64.3, "obj_pw": 1.0, "iou_t": 0.2, "fl_gamma": 0.0}
-    results, maps = test_py.test(
+    results, maps = evaluation.test(
         str(cfg), str(data), str(weights), batch_size=2, img_size=64, save_json=True, device="cpu",
         save_dir=save_dir, hyp=hyp, workers=0,
     )  # fmt: skip
@@ -156,14 +146,14 @@ def test_end_to_end_tiny_model(test_py, tmp_path, capsys):
 
     # the same model passed in (the trainer's way) gives the same metrics; its train mode is restored
     model.train()
-    again, _ = test_py.test(None, str(data), batch_size=2, img_size=64, model=model.fuse(), hyp=hyp, workers=0)
+    again, _ = evaluation.test(None, str(data), batch_size=2, img_size=64, model=model.fuse(), hyp=hyp, workers=0)
     assert model.training
     np.testing.assert_allclose(again[:5], results[:5], atol=1e-6)
 
     # weights that do not fit the cfg: the CLI names both and exits 1
     bad = tmp_path / "bad.pt"
     torch.save({"model": models.Darknet(cfg, img_size=(64, 64), nc=5).state_dict()}, bad)
-    code = test_py.main(["--cfg", str(cfg), "--data", str(data), "--weights", str(bad), "--img-size", "64",
+    code = test_cli.main(["--cfg", str(cfg), "--data", str(data), "--weights", str(bad), "--img-size", "64",
                          "--device", "cpu", "--save-dir", str(tmp_path / "bad_run")])  # fmt: skip
     assert code == 1
     err = capsys.readouterr().err
@@ -193,14 +183,14 @@ class OracleModel(torch.nn.Module):
 
 
 @pytest.mark.slow
-def test_save_json_maps_back_to_original_images(test_py, coco128_dir, tmp_path, capsys):
+def test_save_json_maps_back_to_original_images(coco128_dir, tmp_path, capsys):
     """Perfect detections through test(): the json boxes, ids and categories must score ~1 in pycocotools."""
     pytest.importorskip("pycocotools")
     valid = str(coco128_dir / "images" / "train2017")
     names = (coco128_dir / "coco128.names").read_text().split("\n")[:80]
-    loader = test_py.make_dataloader(valid, 256, 32, single_cls=False, nc=80, workers=0)
-    twin = test_py.make_dataloader(valid, 256, 32, single_cls=False, nc=80, workers=0)
-    results, _ = test_py.test(
+    loader = evaluation.make_dataloader(valid, 256, 32, single_cls=False, nc=80, workers=0)
+    twin = evaluation.make_dataloader(valid, 256, 32, single_cls=False, nc=80, workers=0)
+    results, _ = evaluation.test(
         None, None, model=OracleModel(twin, 80), dataloader=loader, names=names, save_json=True,
         save_dir=tmp_path, plots=False, verbose=False,
     )  # fmt: skip
@@ -213,13 +203,13 @@ def test_save_json_maps_back_to_original_images(test_py, coco128_dir, tmp_path, 
     assert coco_map50 > 0.95 and abs(coco_map50 - results[2]) < 0.02
 
 
-def test_coco_image_ids_from_file_names(test_py):
-    assert test_py.coco_image_id("images/val2014/COCO_val2014_000000000139.jpg") == 139
-    assert test_py.coco_image_id(Path("coco/images/val2017/000000000009.jpg")) == 9
-    assert test_py.coco_image_id("frame_12.png") == 12
+def test_coco_image_ids_from_file_names():
+    assert coco.coco_image_id("images/val2014/COCO_val2014_000000000139.jpg") == 139
+    assert coco.coco_image_id(Path("coco/images/val2017/000000000009.jpg")) == 9
+    assert coco.coco_image_id("frame_12.png") == 12
     for bad in ("my/images/dog.jpg", "my/images/img_0001a.jpg", "x/COCO_val2014_.jpg"):
         with pytest.raises(ValueError, match="rename the images") as e:
-            test_py.coco_image_id(bad)
+            coco.coco_image_id(bad)
         assert bad in str(e.value)
 
 
@@ -240,11 +230,11 @@ class GridModel(torch.nn.Module):
         return rows.expand(imgs.shape[0], -1, -1).clone(), []
 
 
-def test_evaluation_keeps_every_detection_and_json_ids(test_py, tmp_path, capsys):
+def test_evaluation_keeps_every_detection_and_json_ids(tmp_path, capsys):
     """No per-image cap in test(): 450 detections per image (225 boxes x 2 classes) all reach the json."""
     data = write_tiny_dataset(tmp_path / "tiny")
-    loader = test_py.make_dataloader(str(tmp_path / "tiny" / "images" / "val"), 64, 2, False, 2, workers=0)
-    test_py.test(
+    loader = evaluation.make_dataloader(str(tmp_path / "tiny" / "images" / "val"), 64, 2, False, 2, workers=0)
+    evaluation.test(
         None, None, model=GridModel(), dataloader=loader, names=["blue", "red"], save_json=True,
         save_dir=tmp_path / "run", plots=False,
     )  # fmt: skip
@@ -253,24 +243,24 @@ def test_evaluation_keeps_every_detection_and_json_ids(test_py, tmp_path, capsys
     assert per_image == {0: 450, 1: 450, 2: 450, 3: 450}
     assert "per 64x64 image at batch-size 2" in capsys.readouterr().out
     # a cap only when asked for (detect.py's way)
-    test_py.test(None, str(data), model=GridModel(), img_size=64, batch_size=2, max_det=300, save_json=True,
+    evaluation.test(None, str(data), model=GridModel(), img_size=64, batch_size=2, max_det=300, save_json=True,
                  save_dir=tmp_path / "capped", plots=False, workers=0)  # fmt: skip
     rows = json.loads((tmp_path / "capped" / "detections.json").read_text())
     assert len(rows) == 4 * 300
 
 
-def test_save_json_names_without_ids_fail_before_the_run(test_py, tmp_path):
+def test_save_json_names_without_ids_fail_before_the_run(tmp_path):
     write_tiny_dataset(tmp_path / "tiny")
     img_dir = tmp_path / "tiny" / "images" / "val"
     (img_dir / "000001.jpg").rename(img_dir / "cat.jpg")
-    loader = test_py.make_dataloader(str(img_dir), 64, 2, False, 2, workers=0)
+    loader = evaluation.make_dataloader(str(img_dir), 64, 2, False, 2, workers=0)
     model = GridModel()
     with pytest.raises(ValueError, match=r"cat\.jpg.*rename the images"):
-        test_py.test(None, None, model=model, dataloader=loader, names=["a", "b"], save_json=True, save_dir=tmp_path)
+        evaluation.test(None, None, model=model, dataloader=loader, names=["a", "b"], save_json=True, save_dir=tmp_path)
     assert model.calls == 0
 
 
-def test_pycocotools_failures_are_one_line_errors(test_py, tmp_path, capsys):
+def test_pycocotools_failures_are_one_line_errors(test_cli, tmp_path, capsys):
     pytest.importorskip("pycocotools")
     write_tiny_dataset(tmp_path / "tiny")
     img_files = sorted(str(p) for p in (tmp_path / "tiny" / "images" / "val").glob("*.jpg"))
@@ -283,20 +273,20 @@ def test_pycocotools_failures_are_one_line_errors(test_py, tmp_path, capsys):
     anno_json = tmp_path / "instances_val.json"
     anno_json.write_text(json.dumps(anno))
     with pytest.raises(ValueError, match="has no image id 3") as e:  # 000003.jpg is not in the file
-        test_py.load_coco_gt(anno_json, img_files)
+        coco.load_coco_gt(anno_json, img_files)
     assert str(anno_json) in str(e.value) and "\n" not in str(e.value)
     broken = tmp_path / "broken.json"
     broken.write_text('{"images": [')
     with pytest.raises(ValueError, match="not a readable COCO annotation file"):
-        test_py.load_coco_gt(broken, img_files)
+        coco.load_coco_gt(broken, img_files)
     dets = tmp_path / "dets.json"
     dets.write_text(json.dumps([{"image_id": 7, "category_id": 1, "bbox": [10, 12, 30, 32], "score": 0.9}]))
     with pytest.raises(ValueError, match="pycocotools could not score") as e:
-        test_py.run_cocoeval(anno_json, dets, [7])
+        coco.run_cocoeval(anno_json, dets, [7])
     assert str(dets) in str(e.value) and "\n" not in str(e.value)
     # through the CLI: exit 1 with one line naming the annotation file, before any evaluation
     data = tmp_path / "tiny" / "tiny.data"
-    code = test_py.main(["--cfg", str(REPO / "cfg" / "yolov3-tiny.cfg"), "--data", str(data), "--img-size", "64",
+    code = test_cli.main(["--cfg", str(REPO / "cfg" / "yolov3-tiny.cfg"), "--data", str(data), "--img-size", "64",
                          "--device", "cpu", "--save-json", "--coco-json", str(anno_json), "--workers", "0",
                          "--save-dir", str(tmp_path / "cli")])  # fmt: skip
     err = capsys.readouterr().err.strip()
@@ -304,19 +294,19 @@ def test_pycocotools_failures_are_one_line_errors(test_py, tmp_path, capsys):
     assert not (tmp_path / "cli" / "detections.json").exists()
 
 
-def test_validation_losses_use_the_given_gr_and_no_model_attributes(test_py, tmp_path):
+def test_validation_losses_use_the_given_gr_and_no_model_attributes(tmp_path):
     models = pytest.importorskip("models")
     data = write_tiny_dataset(tmp_path / "tiny")
     torch.manual_seed(0)
     model = models.Darknet(REPO / "cfg" / "yolov3-tiny.cfg", img_size=(64, 64), nc=2)
     hyp = {"giou": 3.54, "cls": 37.4, "cls_pw": 1.0, "obj": 64.3, "obj_pw": 1.0, "iou_t": 0.2, "fl_gamma": 0.0}
     run = {"batch_size": 2, "img_size": 64, "model": model, "plots": False, "verbose": False, "workers": 0}
-    gr1, _ = test_py.test(None, str(data), hyp=hyp, **run)
-    gr0, _ = test_py.test(None, str(data), hyp=hyp, gr=0.0, **run)
-    default, _ = test_py.test(None, str(data), hyp=hyp, gr=1.0, **run)
+    gr1, _ = evaluation.test(None, str(data), hyp=hyp, **run)
+    gr0, _ = evaluation.test(None, str(data), hyp=hyp, gr=0.0, **run)
+    default, _ = evaluation.test(None, str(data), hyp=hyp, gr=1.0, **run)
     assert gr1[5:] == default[5:] and gr1[5] == gr0[5] and gr1[6] != gr0[6]  # gr changes only the obj target
     model.hyp, model.gr = hyp, 0.0  # the reference's attributes: not read
-    none, _ = test_py.test(None, str(data), **run)
+    none, _ = evaluation.test(None, str(data), **run)
     assert none[5:] == (0.0, 0.0, 0.0)
-    again, _ = test_py.test(None, str(data), hyp=hyp, **run)
+    again, _ = evaluation.test(None, str(data), hyp=hyp, **run)
     assert again[5:] == gr1[5:]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import cv2
@@ -73,20 +71,10 @@ def test_darknet_suffix_on_a_file_that_is_not_darknet(half_pt, tmp_path):
         load_weights(model, text)
 
 
-@pytest.fixture(scope="module")
-def test_py():
-    """Our test.py, loaded by path (the name ``test`` would otherwise find the standard library package)."""
-    spec = importlib.util.spec_from_file_location("yolo_test_py_weights", REPO / "test.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_test_py_main_truncated(test_py, half_pt, tiny_data, tmp_path, capsys):
+def test_test_py_main_truncated(test_cli, half_pt, tiny_data, tmp_path, capsys):
     argv = ["--cfg", str(TINY_CFG), "--data", str(tiny_data), "--weights", str(half_pt), "--img-size", "64",
             "--device", "cpu", "--save-dir", str(tmp_path / "run"), "--workers", "0"]  # fmt: skip
-    assert test_py.main(argv) == 1
+    assert test_cli.main(argv) == 1
     _one_error_line(capsys.readouterr().err, "test.py: error: ", half_pt, "truncated: a PyTorch zip archive")
 
 

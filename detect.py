@@ -32,15 +32,15 @@ import cv2
 import numpy as np
 import torch
 
-from models import Darknet, load_weights
+from models import Darknet
 from utils.boxes import scale_coords, xyxy2xywh
-from utils.checkpoint import read_torch_file
 from utils.general import tune_malloc
 from utils.nms import non_max_suppression
-from utils.parse_config import parse_data_cfg, parse_model_cfg
+from utils.parse_config import parse_data_cfg
 from utils.plots import class_color, plot_one_box
 from utils.sources import LoadImages, LoadStreams, is_stream
 from utils.torch_utils import select_device, time_synchronized
+from utils.weights import load_weights, nc_from_state_dict, read_checkpoint_info
 
 logger = logging.getLogger(__name__)
 
@@ -73,51 +73,6 @@ def load_names(path: str | Path) -> list[str]:
     if not names:
         raise ValueError(f"{path}: no class names; write one name per line")
     return names
-
-
-def read_checkpoint_info(
-    weights: str | Path,
-) -> tuple[dict[str, torch.Tensor] | None, dict[str, torch.Tensor] | None, list[str] | None]:
-    """Peek into a ``.pt`` weights file: ``(model state_dict, EMA state_dict, class names)``, None where absent.
-
-    ``.weights`` (Darknet) files carry none of them. Our own checkpoints hold numpy RNG states, which
-    ``weights_only=True`` refuses; they are then loaded with full unpickling (only load files you trust).
-    Raises ValueError (one line, naming the file) for an unreadable file.
-    """
-    weights = Path(weights)
-    if weights.suffix not in (".pt", ".pth") or not weights.is_file():
-        return None, None, None
-    ckpt = read_torch_file(weights)  # a one-line ValueError for a truncated or foreign file
-    names = ema = None
-    state = ckpt
-    if isinstance(ckpt, dict):
-        if isinstance(ckpt.get("names"), (list, tuple)):
-            names = [str(n) for n in ckpt["names"]]
-        if isinstance(ckpt.get("ema"), dict):
-            ema = ckpt["ema"]
-        if "model" in ckpt or "ema" in ckpt:
-            state = ckpt["model"] if ckpt.get("model") is not None else ema
-    if isinstance(state, torch.nn.Module):
-        state = state.state_dict()
-    if not isinstance(state, dict):
-        return None, ema, names
-    return {k.removeprefix("module."): v for k, v in state.items()}, ema, names
-
-
-def nc_from_state_dict(cfg: str | Path, state_dict: dict[str, torch.Tensor]) -> int | None:
-    """The class count a state_dict was trained with, read from the convolution feeding the first YOLO layer.
-
-    Returns None when that tensor is missing (load_weights then reports the mismatch with the cfg).
-    """
-    defs = parse_model_cfg(cfg, warn=False)[1:]
-    for i, block in enumerate(defs):
-        if block["type"] == "yolo":
-            weight = state_dict.get(f"module_list.{i - 1}.Conv2d.weight")
-            na = len(block.get("mask", [])) or len(block["anchors"])
-            if weight is None or weight.shape[0] % na:
-                return None
-            return weight.shape[0] // na - 5
-    return None
 
 
 def load_model(
@@ -159,7 +114,7 @@ def load_model(
         raise
     if ema is not None:
         # the EMA weights are the ones train.py tested with --ema (ultralytics saved them as 'model')
-        model.load_state_dict({k.removeprefix("module."): v for k, v in ema.items()})
+        model.load_state_dict(ema)
         logger.info("%s: using its EMA weights", weights)
     if names is None and model.nc == 80 and Path(coco_names).is_file():
         names = load_names(coco_names)

@@ -49,7 +49,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from tqdm import tqdm
 
 import utils.evaluate as evaluation
-from models import Darknet, load_weights_fitting
+from models import Darknet
 from utils.checkpoint import (
     CheckpointSaveError,
     NonFiniteCheckpointError,
@@ -121,6 +121,7 @@ from utils.torch_utils import (
     init_seeds,
     model_info,
 )
+from utils.weights import load_weights_fitting
 
 LOGGER = logging.getLogger("train")
 REPO = Path(__file__).resolve().parent

@@ -71,8 +71,9 @@ def model_predictions(
 ) -> tuple[torch.Tensor, int]:
     """Eval-mode outputs (n_images, N, 5 + nc) of a trained model on the first letterboxed images of the set,
     and nc (read from the weights: the output channels of the conv feeding the first YOLO layer)."""
-    from models import Darknet, load_weights
+    from models import Darknet
     from utils.datasets import LoadImagesAndLabels
+    from utils.weights import load_weights
 
     nc = 80
     if weights.suffix == ".pt":

@@ -9,7 +9,7 @@ Data: ``raccoon`` is ``../shared/datasets/raccoon`` (200 photos, one class, Pasc
 split), converted once with ``utils.convert.convert_voc`` into ``<out>/data/raccoon`` (or pass a ready ``.data``
 file with ``--raccoon-data``); ``shapes`` is the built-in set (``data/shapes.data``). Starting points for
 yolov3-tiny: ``scratch`` (``--weights ''``), ``conv15`` (the ``yolov3-tiny.conv.15`` backbone, cut here from the
-official COCO weights with ``models.save_weights(..., cutoff=15)``) and ``coco80`` (the full 80-class official
+official COCO weights with ``utils.weights.save_weights(..., cutoff=15)``) and ``coco80`` (the full 80-class official
 ``.weights`` file onto the data set's classes). Every run is a separate ``train.py`` process with the settings of
 the learning issue's check (``--img-size 320 --batch-size 16 --epochs 60`` on raccoon; the README's first command's
 ``--img-size 160 --epochs 30`` on shapes) and every other setting at its default, except ``--recipe``.
@@ -88,7 +88,8 @@ def start_weights(start: str, out: Path) -> str:
         return str(OFFICIAL_TINY)
     backbone = out / "weights" / "yolov3-tiny.conv.15"
     if not backbone.is_file():
-        from models import Darknet, load_darknet_weights, save_weights
+        from models import Darknet
+        from utils.weights import load_darknet_weights, save_weights
 
         model = Darknet(TINY_CFG)
         load_darknet_weights(model, OFFICIAL_TINY)

@@ -23,13 +23,14 @@ from detect import (
     summarize,
     yolo_label_lines,
 )
-from models import Darknet, save_weights
+from models import Darknet
 from utils.augmentations import letterbox
 from utils.boxes import scale_coords
 from utils.nms import non_max_suppression
 from utils.shapes import CLASS_NAMES, make_shapes_image
 from utils.sources import LoadImages, LoadStreams, is_stream, list_source_files
 from utils.torch_utils import fold_bn_into_conv_, fuse_conv_and_bn
+from utils.weights import save_weights
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CFG = REPO / "cfg" / "yolov3-tiny.cfg"

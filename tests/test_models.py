@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from models import (
-    Darknet,
-    YOLOLayer,
+from models import Darknet, YOLOLayer
+from utils.weights import (
     convert,
     cutoff_from_name,
     darknet_value_counts,

@@ -17,11 +17,12 @@ import torch
 import torch.multiprocessing as mp
 
 import train
-from models import Darknet, save_weights
+from models import Darknet
 from utils.checkpoint import atomic_save, load_checkpoint, make_checkpoint, rng_state
 from utils.distributed import DistInfo, cleanup_distributed, setup_distributed
 from utils.hyp import load_hyp
 from utils.shapes import make_shapes_dataset
+from utils.weights import save_weights
 
 CHECKPOINT_KEYS = {
     "epoch", "best_fitness", "training_results", "model", "model_raw", "optimizer", "scheduler", "scaler",

@@ -1,4 +1,4 @@
-"""Unreadable weights give one error line on every entry point: models.load_weights, test.py, detect.py, train.py."""
+"""Unreadable weights give one error line on every entry point: utils.weights.load_weights, test, detect, train."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import torch
 
 import detect
 import train
-from models import Darknet, load_weights
+from models import Darknet
 from utils.checkpoint import make_checkpoint
+from utils.weights import load_weights
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CFG = REPO / "cfg" / "yolov3-tiny.cfg"

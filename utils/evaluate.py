@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models import Darknet, load_weights
+from models import Darknet
 from utils.boxes import clip_coords, scale_coords, xywh2xyxy, xyxy2xywh
 from utils.coco import coco_image_id, coco_json_rows, prepare_coco_gt, save_and_score
 from utils.datasets import LoadImagesAndLabels, resolve_data_cfg
@@ -36,6 +36,7 @@ from utils.metrics import ap_per_class, match_predictions
 from utils.nms import non_max_suppression
 from utils.plots import plot_images
 from utils.torch_utils import select_device, time_synchronized
+from utils.weights import load_weights
 
 LOGGER = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
@@ -221,25 +221,77 @@ class VideoSaver:
         self.writer, self.path = None, None
 
 
+def check_detect_args(img_size: int, conf_thres: float, iou_thres: float) -> None:
+    """Raise ValueError, naming the flag, for an image size that is not a multiple of 32 or a threshold off 0..1."""
+    if img_size <= 0 or img_size % MAX_STRIDE:
+        raise ValueError(f"--img-size {img_size} must be a positive multiple of {MAX_STRIDE}, e.g. 320 or 416")
+    for flag, value in (("--conf-thres", conf_thres), ("--iou-thres", iou_thres)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{flag} {value} must be between 0 and 1")
+
+
+def check_classes(classes: Sequence[int] | None, names: Sequence[str]) -> None:
+    """Raise ValueError when ``--classes`` names an index the model does not have."""
+    if classes is not None:
+        bad = [c for c in classes if not 0 <= c < len(names)]
+        if bad:
+            raise ValueError(f"--classes {bad} out of range: the model has {len(names)} classes (0..{len(names) - 1})")
+
+
+def make_output_dir(output: str | Path, save_txt: bool) -> Path:
+    """A new output folder (``increment_path``), with ``labels/`` for ``save_txt``."""
+    out = increment_path(output)
+    out.mkdir(parents=True)
+    if save_txt:
+        (out / "labels").mkdir()
+    return out
+
+
+def infer_image(
+    model: torch.nn.Module, img: np.ndarray, img0_shape: Sequence[int], dev: torch.device, half: bool,
+    ratio_pad, nms_kwargs: dict,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """One letterboxed image through the model and NMS.
+
+    Returns ``(x, det, seconds)``: the input tensor (1, 3, h, w), the detections (n, 6) ``x1, y1, x2, y2, conf,
+    cls`` on the CPU in original-image pixels (rounded), and the time of inference plus NMS.
+    """
+    x = torch.from_numpy(img).to(dev).unsqueeze(0)
+    x = ((x.half() if half else x.float()) / 255.0).contiguous(memory_format=torch.channels_last)
+    t1 = time_synchronized()
+    with torch.inference_mode():
+        pred = model(x)[0].float()
+    det = non_max_suppression(pred, multi_label=False, **nms_kwargs)[0]
+    t2 = time_synchronized()
+    det = det.cpu()
+    if len(det):
+        det[:, :4] = scale_coords(x.shape[2:], det[:, :4], img0_shape, ratio_pad=ratio_pad).round()
+    return x, det, t2 - t1
+
+
+def draw_detections(det: torch.Tensor, img0: np.ndarray, names: Sequence[str], colors: Sequence) -> None:
+    """Draw each box with its ``name conf`` label onto ``img0``, best score on top."""
+    for *xyxy, conf, cls in reversed(det.tolist()):
+        c = int(cls)
+        plot_one_box(xyxy, img0, color=colors[c], label=f"{names[c]} {conf:.2f}")
+
+
+def save_frame(out: Path, save_name: str, img0: np.ndarray, cap, videos: VideoSaver) -> None:
+    """Write an annotated image, or append the frame to its video (the input's frame rate, else 30)."""
+    if cap is None:
+        if not cv2.imwrite(str(out / save_name), img0):
+            raise OSError(f"cannot write {out / save_name}")
+    else:
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        videos.write(out / save_name, img0, fps if 0 < fps < 1000 else 30.0)
+
+
 def detect(
-    cfg: str | Path,
-    weights: str | Path,
-    source: str | Path,
-    names: str | Path | Sequence[str] | None = None,
-    output: str | Path = "runs/detect/exp",
-    img_size: int = 416,
-    conf_thres: float = 0.3,
-    iou_thres: float = 0.6,
-    classes: Sequence[int] | None = None,
-    agnostic_nms: bool = False,
-    half: bool = False,
-    device: str = "",
-    save_img: bool = True,
-    save_txt: bool = False,
-    save_conf: bool = False,
-    view_img: bool = False,
-    fourcc: str = "mp4v",
-    max_det: int | None = 300,
+    cfg: str | Path, weights: str | Path, source: str | Path, names: str | Path | Sequence[str] | None = None,
+    output: str | Path = "runs/detect/exp", img_size: int = 416, conf_thres: float = 0.3, iou_thres: float = 0.6,
+    classes: Sequence[int] | None = None, agnostic_nms: bool = False, half: bool = False, device: str = "",
+    save_img: bool = True, save_txt: bool = False, save_conf: bool = False, view_img: bool = False,
+    fourcc: str = "mp4v", max_det: int | None = 300,
 ) -> dict:
     """Detect objects in ``source`` and save annotated images/videos (and labels) to a new output folder.
 
@@ -253,11 +305,7 @@ def detect(
     ``results`` (list of ``(path, frame, det)`` with ``det`` (n, 6) [x1, y1, x2, y2, conf, cls] float32 CPU
     tensors in original-image pixels; empty for a webcam or stream, which may run indefinitely).
     """
-    if img_size <= 0 or img_size % MAX_STRIDE:
-        raise ValueError(f"--img-size {img_size} must be a positive multiple of {MAX_STRIDE}, e.g. 320 or 416")
-    for flag, value in (("--conf-thres", conf_thres), ("--iou-thres", iou_thres)):
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{flag} {value} must be between 0 and 1")
+    check_detect_args(img_size, conf_thres, iou_thres)
     dev = select_device(device)
     if half and dev.type != "cuda":
         raise ValueError("--half needs a CUDA device (float16 inference is not supported here on CPU); drop --half")
@@ -267,37 +315,22 @@ def detect(
     if isinstance(names, (str, Path)):
         names = load_names(names)
     model, names = load_model(cfg, weights, dev, names=names, half=half)
-    if classes is not None:
-        bad = [c for c in classes if not 0 <= c < len(names)]
-        if bad:
-            raise ValueError(f"--classes {bad} out of range: the model has {len(names)} classes (0..{len(names) - 1})")
+    check_classes(classes, names)
     if view_img and not display_available():
         logger.warning("--view-img ignored: no display or OpenCV without GUI support (opencv-python-headless)")
         view_img = False
 
-    out = increment_path(output)
-    out.mkdir(parents=True)
-    if save_txt:
-        (out / "labels").mkdir()
+    out = make_output_dir(output, save_txt)
     videos = VideoSaver(fourcc)
     colors = [class_color(i) for i in range(len(names))]
+    nms_kwargs = {"conf_thres": conf_thres, "iou_thres": iou_thres, "classes": classes, "agnostic": agnostic_nms,
+                  "max_det": max_det}  # fmt: skip
     results = []
     n_img = n_det = 0
     t0 = time.time()
     try:
         for path, img, img0, cap, frame in dataset:
-            x = torch.from_numpy(img).to(dev).unsqueeze(0)
-            x = ((x.half() if half else x.float()) / 255.0).contiguous(memory_format=torch.channels_last)
-            t1 = time_synchronized()
-            with torch.inference_mode():
-                pred = model(x)[0].float()
-            det = non_max_suppression(
-                pred, conf_thres, iou_thres, multi_label=False, classes=classes, agnostic=agnostic_nms, max_det=max_det
-            )[0]
-            t2 = time_synchronized()
-            det = det.cpu()
-            if len(det):
-                det[:, :4] = scale_coords(x.shape[2:], det[:, :4], img0.shape, ratio_pad=dataset.ratio_pad).round()
+            x, det, dt = infer_image(model, img, img0.shape, dev, half, dataset.ratio_pad, nms_kwargs)
             if not stream:  # a live source runs indefinitely: keep only the counts
                 results.append((path, frame, det))
             n_img += 1
@@ -307,22 +340,16 @@ def detect(
             if save_txt:
                 lines = yolo_label_lines(det, img0.shape, save_conf)
                 (out / "labels" / f"{stem}.txt").write_text("".join(line + "\n" for line in lines))
-            for *xyxy, conf, cls in reversed(det.tolist()):
-                c = int(cls)
-                plot_one_box(xyxy, img0, color=colors[c], label=f"{names[c]} {conf:.2f}")
+            draw_detections(det, img0, names, colors)
             found = summarize(det, names) or "no detections, "
-            print(f"{where}: {x.shape[2]}x{x.shape[3]} {found}Done. ({t2 - t1:.3f}s)")
+            print(f"{where}: {x.shape[2]}x{x.shape[3]} {found}Done. ({dt:.3f}s)")
 
             if view_img:
                 cv2.imshow(str(path), img0)
                 if cv2.waitKey(1) == ord("q"):
                     break
-            if save_img and cap is None:
-                if not cv2.imwrite(str(out / save_name), img0):
-                    raise OSError(f"cannot write {out / save_name}")
-            elif save_img:
-                fps = cap.get(cv2.CAP_PROP_FPS)
-                videos.write(out / save_name, img0, fps if 0 < fps < 1000 else 30.0)
+            if save_img:
+                save_frame(out, save_name, img0, cap, videos)
     finally:
         videos.release()
         if view_img:
@@ -333,10 +360,26 @@ def detect(
     return {"output": out, "images": n_img, "detections": n_det, "results": results}
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def model_arg_parser(description: str) -> argparse.ArgumentParser:
+    """An argument parser with the two flags detect.py and export.py open a model with: ``--cfg``, ``--weights``."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--cfg", type=str, default="cfg/yolov3-spp.cfg", help="model cfg file")
     parser.add_argument("--weights", type=str, required=True, help=".pt checkpoint or Darknet .weights")
+    return parser
+
+
+def parse_cli(parse_args: Callable[[Sequence[str] | None], argparse.Namespace], argv: Sequence[str] | None):
+    """``parse_args(argv)``, then INFO logging; argparse's exit code instead (0 for --help, 2 for bad usage)."""
+    try:
+        opt = parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    return opt
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = model_arg_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--source", type=str, required=True, help="image, video, folder, glob, webcam index (0) or URL")
     parser.add_argument("--names", type=str, default=None, help=".names or .data file (default: from the checkpoint)")
     parser.add_argument("--output", type=str, default="runs/detect/exp", help="output folder (never reused: exp2...)")
@@ -360,34 +403,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit code (0 success, 1 bad input or missing files, 2 usage)."""
-    try:
-        opt = parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    opt = parse_cli(parse_args, argv)
+    if isinstance(opt, int):
+        return opt
     tune_malloc()  # keep per-batch buffers in the heap: no page faults on every batch (utils.general)
     print(opt)
     try:
         detect(
-            cfg=opt.cfg,
-            weights=opt.weights,
-            source=opt.source,
-            names=opt.names,
-            output=opt.output,
-            img_size=opt.img_size,
-            conf_thres=opt.conf_thres,
-            iou_thres=opt.iou_thres,
-            classes=opt.classes,
-            agnostic_nms=opt.agnostic_nms,
-            half=opt.half,
-            device=opt.device,
-            save_img=not opt.nosave,
-            save_txt=opt.save_txt,
-            save_conf=opt.save_conf,
-            view_img=opt.view_img,
-            fourcc=opt.fourcc,
-            max_det=opt.max_det or None,
-        )
+            opt.cfg, opt.weights, opt.source, opt.names, opt.output, opt.img_size, opt.conf_thres, opt.iou_thres,
+            opt.classes, opt.agnostic_nms, opt.half, opt.device, save_img=not opt.nosave, save_txt=opt.save_txt,
+            save_conf=opt.save_conf, view_img=opt.view_img, fourcc=opt.fourcc, max_det=opt.max_det or None,
+        )  # fmt: skip
     except (OSError, ValueError) as e:
         print(f"detect.py: error: {e}", file=sys.stderr)
         return 1

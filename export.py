@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from detect import MAX_STRIDE, load_model, load_names
+from detect import MAX_STRIDE, load_model, load_names, model_arg_parser, parse_cli
 
 logger = logging.getLogger(__name__)
 
@@ -151,9 +151,7 @@ def check_onnx(
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cfg", type=str, default="cfg/yolov3-spp.cfg", help="model cfg file")
-    parser.add_argument("--weights", type=str, required=True, help=".pt checkpoint or Darknet .weights")
+    parser = model_arg_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--names", type=str, default=None, help=".names or .data file (default: from the checkpoint)")
     parser.add_argument("--img-size", type=int, nargs="+", default=[416], help="export size: H (square) or H W")
     parser.add_argument("--output", type=str, default=None, help="ONNX file (default: the weights path with .onnx)")
@@ -164,11 +162,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit code (0 success, 1 error, 2 usage)."""
-    try:
-        opt = parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    opt = parse_cli(parse_args, argv)
+    if isinstance(opt, int):
+        return opt
     try:
         path = export_onnx(opt.cfg, opt.weights, opt.output, opt.img_size, opt.opset, opt.dynamic, opt.names)
     except (OSError, ValueError, ModuleNotFoundError) as e:

@@ -225,16 +225,23 @@ def test_many_candidates_low_conf_capped_when_asked():
     assert out[0].shape[0] == 300 and torch.isfinite(out[0]).all()
 
 
+def offset_boxes(
+    seed: int, n: int, span: float, size: float, min_size: float, nc: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(offset boxes (n, 4), scores (n,), classes (n,))``: random xyxy boxes with corners in 0..span, sides
+    min_size..min_size + size, random classes below nc, each box shifted by ``class * 4096`` as NMS does."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * span
+    boxes = torch.cat((xy, xy + torch.rand(n, 2, generator=g) * size + min_size), 1)
+    cls = torch.randint(0, nc, (n,), generator=g).float()
+    scores = torch.rand(n, generator=g)
+    return boxes + cls[:, None] * 4096, scores, cls
+
+
 def test_class_by_class_path_equals_one_nms_call():
     from utils.nms import PER_CLASS_FROM, _nms_offset_boxes
 
-    g = torch.Generator().manual_seed(2)
-    n = PER_CLASS_FROM + 1000
-    xy = torch.rand(n, 2, generator=g) * 400
-    boxes = torch.cat((xy, xy + torch.rand(n, 2, generator=g) * 60 + 3), 1)
-    cls = torch.randint(0, 20, (n,), generator=g).float()
-    scores = torch.rand(n, generator=g)
-    offset = boxes + cls[:, None] * 4096
+    offset, scores, cls = offset_boxes(seed=2, n=PER_CLASS_FROM + 1000, span=400, size=60, min_size=3, nc=20)
     expected = torchvision.ops.nms(offset, scores, 0.5)
     assert torch.equal(_nms_offset_boxes(offset, scores, cls, 0.5), expected)
 
@@ -244,13 +251,7 @@ def test_boxes_wider_than_the_class_offset_take_one_nms_call():
     would miss those suppressions, so the result must still equal one torchvision call."""
     from utils.nms import PER_CLASS_FROM, _nms_offset_boxes
 
-    g = torch.Generator().manual_seed(5)
-    n = PER_CLASS_FROM + 500
-    xy = torch.rand(n, 2, generator=g) * 9000
-    boxes = torch.cat((xy, xy + torch.rand(n, 2, generator=g) * 4000 + 100), 1)
-    cls = torch.randint(0, 3, (n,), generator=g).float()
-    scores = torch.rand(n, generator=g)
-    offset = boxes + cls[:, None] * 4096
+    offset, scores, cls = offset_boxes(seed=5, n=PER_CLASS_FROM + 500, span=9000, size=4000, min_size=100, nc=3)
     expected = torchvision.ops.nms(offset, scores, 0.5)
     per_class = torch.cat([torchvision.ops.nms(offset[cls == c], scores[cls == c], 0.5) for c in range(3)])
     assert per_class.numel() != expected.numel()  # the shortcut would give another answer here

@@ -64,6 +64,32 @@ def _nms_offset_boxes(
     return i[scores[i].sort(descending=True, stable=True)[1]]
 
 
+def _candidates(
+    x: torch.Tensor, conf_thres: float, multi_label: bool, classes: Sequence[int] | None
+) -> torch.Tensor:
+    """One image's NMS candidates (n, 6) ``x1, y1, x2, y2, score, class`` (xyxy pixels) from its (N, 5 + nc) rows.
+
+    Rows need objectness ``> conf_thres`` and a size within ``MIN_WH``..``MAX_WH``; score = obj * cls, one row
+    per (box, class) above ``conf_thres`` with ``multi_label``, else the best class; then only ``classes`` and
+    only finite rows. ``x`` is not modified.
+    """
+    x = x[x[:, 4] > conf_thres]  # boolean indexing copies: the input stays untouched
+    x = x[((x[:, 2:4] > MIN_WH) & (x[:, 2:4] < MAX_WH)).all(1)]
+    if not x.shape[0]:
+        return x.new_zeros((0, 6))
+    x[:, 5:] *= x[:, 4:5]
+    box = xywh2xyxy(x[:, :4])
+    if multi_label:
+        i, j = (x[:, 5:] > conf_thres).nonzero().T
+        x = torch.cat((box[i], x[i, j + 5, None], j[:, None].to(x.dtype)), 1)
+    else:
+        conf, j = x[:, 5:].max(1)
+        x = torch.cat((box, conf[:, None], j[:, None].to(x.dtype)), 1)[conf > conf_thres]
+    if classes:
+        x = x[(x[:, 5:6] == torch.tensor(classes, device=x.device, dtype=x.dtype)).any(1)]
+    return x[torch.isfinite(x).all(1)]
+
+
 def non_max_suppression(
     prediction: torch.Tensor,
     conf_thres: float = 0.1,
@@ -120,21 +146,7 @@ def non_max_suppression(
     output = [prediction.new_zeros((0, 6)) for _ in range(prediction.shape[0])]
     t_start = time.time()
     for xi, x in enumerate(prediction):
-        x = x[x[:, 4] > conf_thres]  # boolean indexing copies: the input stays untouched
-        x = x[((x[:, 2:4] > MIN_WH) & (x[:, 2:4] < MAX_WH)).all(1)]
-        if not x.shape[0]:
-            continue
-        x[:, 5:] *= x[:, 4:5]
-        box = xywh2xyxy(x[:, :4])
-        if multi_label:
-            i, j = (x[:, 5:] > conf_thres).nonzero().T
-            x = torch.cat((box[i], x[i, j + 5, None], j[:, None].to(x.dtype)), 1)
-        else:
-            conf, j = x[:, 5:].max(1)
-            x = torch.cat((box, conf[:, None], j[:, None].to(x.dtype)), 1)[conf > conf_thres]
-        if classes:
-            x = x[(x[:, 5:6] == torch.tensor(classes, device=x.device, dtype=x.dtype)).any(1)]
-        x = x[torch.isfinite(x).all(1)]
+        x = _candidates(x, conf_thres, multi_label, classes)
         n = x.shape[0]
         if not n:
             continue
@@ -153,9 +165,7 @@ def non_max_suppression(
         if time.time() - t_start > time_limit:
             LOGGER.warning(
                 "non_max_suppression: time limit %.1fs exceeded after %d of %d images; the rest get no boxes",
-                time_limit,
-                xi + 1,
-                prediction.shape[0],
-            )
+                time_limit, xi + 1, prediction.shape[0],
+            )  # fmt: skip
             break
     return output

@@ -175,6 +175,32 @@ def _as_uint8_images(images: Any) -> np.ndarray:
     return np.clip(imgs + 0.5, 0, 255).astype(np.uint8)
 
 
+def _draw_tile_boxes(
+    tile: np.ndarray, rows: np.ndarray, names: Sequence[str] | None, scale: float,
+    reserved: list[tuple[int, int, int, int]],
+) -> None:
+    """Draw one tile's boxes, then their labels where ``place_labels`` finds room (``reserved`` stays free).
+
+    ``rows``: (n, 6) labels or (n, 7) detections of ``plot_images``, xywh normalised (largest value <= 1.01) or
+    pixels of the input image (multiplied by ``scale``, the tile's shrink factor).
+    """
+    th, tw = tile.shape[:2]
+    xywh = rows[:, 2:6].astype(np.float64)
+    xywh *= [tw, th, tw, th] if xywh.max() <= 1.01 else scale
+    xyxy = np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], 1)
+    labels = []
+    for row, box in zip(rows, xyxy):
+        c = int(row[1])
+        label = names[c] if names is not None and 0 <= c < len(names) else str(c)
+        labels.append(f"{label} {row[6]:.2f}" if rows.shape[1] == 7 else label)
+        plot_one_box(box, tile, color=class_color(c), line_thickness=1)  # every box first, labels on top
+    # labels never cover one another or the file name: each takes a free place near its box, or none
+    spots = place_labels(xyxy, [_label_size(x, 1 / 3, 1) for x in labels], tw, th, reserved)
+    for row, label, spot in zip(rows, labels, spots):
+        if spot is not None:
+            _draw_label(tile, spot, label, class_color(int(row[1])), 1 / 3, 1)
+
+
 def plot_images(
     images: Any,
     targets: Any = None,
@@ -230,20 +256,7 @@ def plot_images(
             (nw, nh), base = cv2.getTextSize(name, _FONT, _NAME_SCALE, 3)
             reserved.append((0, 0, 4 + nw + 2, _NAME_Y + base + 2))  # the name's text and its dark outline
         if len(rows):
-            xywh = rows[:, 2:6].astype(np.float64)
-            xywh *= [tw, th, tw, th] if xywh.max() <= 1.01 else scale
-            xyxy = np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], 1)
-            labels = []
-            for row, box in zip(rows, xyxy):
-                c = int(row[1])
-                label = names[c] if names is not None and 0 <= c < len(names) else str(c)
-                labels.append(f"{label} {row[6]:.2f}" if t.shape[1] == 7 else label)
-                plot_one_box(box, tile, color=class_color(c), line_thickness=1)  # every box first, labels on top
-            # labels never cover one another or the file name: each takes a free place near its box, or none
-            spots = place_labels(xyxy, [_label_size(x, 1 / 3, 1) for x in labels], tw, th, reserved)
-            for row, label, spot in zip(rows, labels, spots):
-                if spot is not None:
-                    _draw_label(tile, spot, label, class_color(int(row[1])), 1 / 3, 1)
+            _draw_tile_boxes(tile, rows, names, scale, reserved)
         if name:
             cv2.putText(tile, name, (4, _NAME_Y), _FONT, _NAME_SCALE, (0, 0, 0), 3, cv2.LINE_AA)
             cv2.putText(tile, name, (4, _NAME_Y), _FONT, _NAME_SCALE, (230, 230, 230), 1, cv2.LINE_AA)

@@ -287,6 +287,29 @@ def test_raw_state_dict_without_names_uses_numbers(tiny_ckpt, shapes_dir, tmp_pa
     assert f" {len(det)} 2s, Done." in stdout.getvalue().splitlines()[0]
 
 
+def test_format2_checkpoint_detect_and_test_load_the_same_scored_weights(tmp_path):
+    """Format 2 (utils.checkpoint): 'model' holds the EMA, 'model_raw' the raw weights; detect.py and test.py both
+    read the checkpoint through utils.weights and run the EMA."""
+    import utils.evaluate as evaluation
+    from utils.checkpoint import make_checkpoint
+    from utils.weights import read_checkpoint_info
+
+    torch.manual_seed(2)
+    ema, raw = Darknet(TINY_CFG, nc=len(CLASS_NAMES)), Darknet(TINY_CFG, nc=len(CLASS_NAMES))
+    path = tmp_path / "best.pt"
+    torch.save(make_checkpoint(epoch=0, best_fitness=0.0, training_results="", model=ema, model_raw=raw,
+                               names=list(CLASS_NAMES)), path)  # fmt: skip
+    state_dict, ema_sd, names = read_checkpoint_info(path)
+    assert ema_sd is None and names == list(CLASS_NAMES) and state_dict.keys() == ema.state_dict().keys()
+    detect_model, _ = load_model(TINY_CFG, path, torch.device("cpu"))
+    test_model = evaluation.load_model(TINY_CFG, path, len(CLASS_NAMES), IMG_SIZE, torch.device("cpu"))
+    head = f"module_list.{detect_model.yolo_layers[0] - 1}.Conv2d.weight"  # no BatchNorm: fuse() keeps it
+    assert torch.equal(detect_model.state_dict()[head], ema.state_dict()[head])
+    assert not torch.equal(detect_model.state_dict()[head], raw.state_dict()[head])
+    for k, v in test_model.state_dict().items():
+        assert torch.equal(v, detect_model.state_dict()[k]), k
+
+
 def test_checkpoint_with_ema_and_rng_state_detects_with_the_ema(tiny_ckpt, tmp_path):
     torch.manual_seed(1)
     ema = Darknet(TINY_CFG, nc=len(CLASS_NAMES)).state_dict()

@@ -1,6 +1,8 @@
 """test.py: the CLI, the metric code against pycocotools on real coco128 boxes, and a tiny end-to-end run."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -310,3 +312,13 @@ def test_validation_losses_use_the_given_gr_and_no_model_attributes(tmp_path):
     assert none[5:] == (0.0, 0.0, 0.0)
     again, _ = evaluation.test(None, str(data), hyp=hyp, **run)
     assert again[5:] == gr1[5:]
+
+
+def test_importing_the_evaluation_modules_prints_and_writes_nothing(tmp_path):
+    code = "import utils.evaluate, utils.coco, utils.weights, models"
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "" and done.stderr == ""
+    assert list(tmp_path.iterdir()) == []

@@ -11,7 +11,8 @@ MODULES = [
     "utils.sources", "utils.hyp", "utils.schedule", "utils.checkpoint", "utils.evolve", "utils.plots",
     "utils.distributed", "utils.torch_utils", "utils.general", "bench.run", "utils.convert", "utils.runlock",
     "utils.runstop", "bench.ceilings", "bench.gpu_check", "bench.inference", "bench.learn", "bench.loading",
-    "bench.memory", "bench.reference", "bench.synthetic", "bench.timing", "bench.training",
+    "bench.memory", "bench.reference", "bench.synthetic", "bench.timing", "bench.training", "utils.evaluate",
+    "utils.coco", "utils.weights",
 ]  # fmt: skip
 
 

@@ -1,5 +1,6 @@
-"""utils.nms: against a brute-force per-class greedy NMS and a reference-rule oracle (bit for bit), the merge
-step, the candidate filters (best class, nc == 1, classes, agnostic), caps and time limit."""
+"""utils.nms against a brute-force per-class greedy NMS and a reference-rule oracle, bit for bit.
+
+Also the merge step, the candidate filters (best class, nc == 1, classes, agnostic), caps and time limit."""
 
 import logging
 

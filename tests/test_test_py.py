@@ -1,4 +1,4 @@
-"""test.py: the CLI, the metric code against pycocotools on real coco128 boxes, and a tiny end-to-end run."""
+"""test.py, utils/evaluate.py, utils/coco.py: the CLI, the metrics against pycocotools on coco128 boxes, a tiny run."""
 
 import json
 import subprocess

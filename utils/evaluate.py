@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from models import Darknet
-from utils.boxes import clip_coords, scale_coords, xywh2xyxy, xyxy2xywh
+from utils.boxes import clip_coords, scale_coords, xywhn2xyxy, xyxy2xywhn
 from utils.coco import coco_image_id, coco_json_rows, prepare_coco_gt, save_and_score
 from utils.datasets import LoadImagesAndLabels, resolve_data_cfg
 from utils.loss import compute_loss
@@ -136,10 +136,9 @@ def print_metrics(m: Metrics, seen: int, names: Sequence[str], nc: int, verbose:
 def output_to_target(output: Sequence[torch.Tensor], width: int, height: int) -> np.ndarray:
     """NMS output -> (n, 7) ``[image, class, x, y, w, h, conf]`` xywh normalised, for ``plot_images``."""
     rows = []
-    scale = torch.tensor([width, height, width, height])
     for i, det in enumerate(output):
         det = det.float().cpu()
-        xywh = xyxy2xywh(det[:, :4]) / scale
+        xywh = xyxy2xywhn(det[:, :4], width, height)
         idx = torch.full((det.shape[0], 1), float(i))
         rows.append(torch.cat((idx, det[:, 5:6], xywh, det[:, 4:5]), 1))
     return torch.cat(rows, 0).numpy() if rows else np.zeros((0, 7), np.float32)
@@ -256,14 +255,13 @@ def score_batch(
     ``image, class, x, y, w, h`` xywh normalised. COCO boxes are mapped back to the original image (``shapes``).
     """
     _, _, height, width = imgs.shape
-    whwh = torch.tensor([width, height, width, height], device=imgs.device, dtype=torch.float32)
     for si, pred in enumerate(output):
         tally.seen += 1
         if single_cls:
             pred[:, 5] = 0
         clip_coords(pred, (height, width))
         lab = targets[targets[:, 0] == si, 1:6]
-        labels = torch.cat((lab[:, :1], xywh2xyxy(lab[:, 1:5]) * whwh), 1)
+        labels = torch.cat((lab[:, :1], xywhn2xyxy(lab[:, 1:5], width, height)), 1)
         tally.stats.append(image_stats(pred, labels, iouv))
         if coco_nc is not None:
             box = pred.clone()

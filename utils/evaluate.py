@@ -211,6 +211,24 @@ def model_and_device(
     return load_model(cfg, weights, nc, img_size, dev), dev
 
 
+def prepare_outputs(
+    save_dir: str | Path | None, save_json: bool, dataloader, coco_json: str | Path | None
+) -> tuple[Path | None, object]:
+    """Create ``save_dir``; with ``save_json`` check the image ids and load the annotations before the run.
+
+    Returns ``(save_dir as a Path or None, the pycocotools COCO object or None)``.
+    """
+    save_dir = Path(save_dir) if save_dir is not None else None
+    if save_dir is not None:
+        save_dir.mkdir(parents=True, exist_ok=True)
+    coco_gt = None
+    if save_json:
+        if save_dir is None:
+            raise ValueError("test: save_json needs save_dir (where detections.json goes)")
+        coco_gt = prepare_coco_gt(getattr(dataloader.dataset, "img_files", []), coco_json)
+    return save_dir, coco_gt
+
+
 @dataclass
 class Tally:
     """What the batch loop of ``test()`` accumulates."""
@@ -373,14 +391,7 @@ def test(
         if data_dict is None:
             raise ValueError("test: no dataloader given and no data to build one from")
         dataloader = make_dataloader(data_dict["valid"], img_size, batch_size, single_cls, nc, workers, cache_check)
-    save_dir = Path(save_dir) if save_dir is not None else None
-    if save_dir is not None:
-        save_dir.mkdir(parents=True, exist_ok=True)
-    coco_gt = None
-    if save_json:
-        if save_dir is None:
-            raise ValueError("test: save_json needs save_dir (where detections.json goes)")
-        coco_gt = prepare_coco_gt(getattr(dataloader.dataset, "img_files", []), coco_json)
+    save_dir, coco_gt = prepare_outputs(save_dir, save_json, dataloader, coco_json)
     low_precision = torch.float16 if dev.type == "cuda" else torch.bfloat16
     autocast = torch.autocast(dev.type, dtype=low_precision) if half else nullcontext()
     nms_kwargs = {"conf_thres": conf_thres, "iou_thres": iou_thres, "multi_label": multi_label, "max_det": max_det}

@@ -39,8 +39,10 @@ from tqdm import tqdm
 
 from models import Darknet, load_weights
 from utils.boxes import clip_coords, scale_coords, xywh2xyxy, xyxy2xywh
-from utils.datasets import CACHE_CHECK_HELP, CACHE_CHECKS, LoadImagesAndLabels, resolve_data_cfg
+from utils.data_files import resolve_data_cfg
+from utils.datasets import LoadImagesAndLabels
 from utils.general import tune_malloc
+from utils.label_cache import CACHE_CHECK_HELP, CACHE_CHECKS
 from utils.loss import compute_loss
 from utils.metrics import ap_per_class, match_predictions
 from utils.nms import non_max_suppression

@@ -51,7 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.datasets import IMG_FORMATS, read_image_size
+from utils.data_files import IMG_FORMATS
+from utils.images import read_image_size
 
 LOGGER = logging.getLogger(__name__)
 

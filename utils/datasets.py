@@ -351,7 +351,7 @@ class LoadImagesAndLabels(Dataset):
         labels_out[:, 1:] = labels
         labels_out[:, 2:] = xyxy2xywh(labels[:, 1:5]) / np.array([width, height, width, height], dtype=np.float32)
         flip = self.augment and rng.random() < 0.5
-        if flip:  # left-right flip (utils.augmentations.fliplr), done on the pixels in stage 3
+        if flip:  # left-right flip: x mirrored here, the pixels in stage 3 (bgr_to_chw_rgb)
             labels_out[:, 2] = 1 - labels_out[:, 2]
         return img, labels_out, gains, flip, self.img_files[index], shapes
 

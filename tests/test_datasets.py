@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 
@@ -160,6 +161,21 @@ def test_ram_cache_respects_budget(tmp_path):
     assert LoadImagesAndLabels(images, img_size=64, verbose=False, ram_cache_mb=0.001).ram_cache is None
     with pytest.raises(ValueError, match="ram_cache_mb"):
         LoadImagesAndLabels(images, img_size=64, verbose=False, ram_cache_mb=-1)
+
+
+def test_ram_cache_copy_is_its_own(tmp_path):
+    """A plain deepcopy (not a worker start) gets its own memory and lock: what one copy caches, the other does
+    not see; the images cached before the copy are in both."""
+    images = make_dataset(tmp_path, dict.fromkeys(SIZES6, GOOD), sizes=SIZES6)
+    ds = LoadImagesAndLabels(images, img_size=64, verbose=False)
+    ds[0]
+    twin = copy.deepcopy(ds)
+    assert len(twin.ram_cache) == len(ds.ram_cache) == 1
+    assert np.array_equal(twin.ram_cache.get(0)[0], ds.ram_cache.get(0)[0])
+    assert not np.shares_memory(twin.ram_cache.get(0)[0], ds.ram_cache.get(0)[0])
+    twin[1]
+    assert len(twin.ram_cache) == 2 and len(ds.ram_cache) == 1
+    _assert_same_items(twin[1], ds[1])
 
 
 def test_set_epoch_reaches_persistent_workers_and_workers_fill_the_shared_cache(tmp_path):

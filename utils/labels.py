@@ -72,24 +72,6 @@ def read_label_rows(label_file: str | Path, nc: int | None = None) -> tuple[np.n
     return labels, n_dup, problems
 
 
-def read_label_file(label_file: str | Path, nc: int | None = None) -> tuple[np.ndarray | None, int]:
-    """Read and validate one YOLO label file (``read_label_rows``), raising on the first invalid row.
-
-    Returns:
-        ``(labels, n_duplicates)``: labels (n, 5) float32 ``class, x, y, w, h`` normalised, with duplicate rows
-        removed (first occurrence kept, a warning names the file), or None when the file does not exist.
-
-    Raises:
-        ValueError: ``"file:line: ..."`` naming the value, the rule and the fix for a row with the wrong number of
-        columns, a non-numeric value, a class that is not an integer in ``[0, nc)``, a coordinate outside
-        ``[0, 1]`` or a non-positive width or height; or naming the file when it cannot be read as text.
-    """
-    labels, n_dup, problems = read_label_rows(label_file, nc)
-    if problems:
-        raise ValueError(problems[0].message)
-    return labels, n_dup
-
-
 _FIELDS = ("class", "x_center", "y_center", "width", "height")
 
 

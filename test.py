@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 import utils.evaluate as evaluation
-from utils.datasets import CACHE_CHECK_HELP, CACHE_CHECKS
 from utils.general import tune_malloc
+from utils.label_cache import CACHE_CHECK_HELP, CACHE_CHECKS
 from utils.shapes import ensure_builtin_dataset
 
 

@@ -65,14 +65,8 @@ from utils.checkpoint import (
     rng_state,
     set_rng_state,
 )
-from utils.datasets import (
-    CACHE_CHECK_HELP,
-    CACHE_CHECKS,
-    LoadImagesAndLabels,
-    resize_batch,
-    resolve_data_cfg,
-    worker_init,
-)
+from utils.data_files import resolve_data_cfg
+from utils.datasets import LoadImagesAndLabels, resize_batch, worker_init
 from utils.distributed import (
     DistInfo,
     GlobalBatchSampler,
@@ -95,6 +89,7 @@ from utils.evolve import (
 )
 from utils.general import tune_malloc
 from utils.hyp import DEFAULT_HYP, HYP_GAINS, derive_loss_hyp, format_hyp, load_hyp
+from utils.label_cache import CACHE_CHECK_HELP, CACHE_CHECKS
 from utils.loss import compute_loss, loss_counts
 from utils.metrics import fitness
 from utils.parse_config import net_values_used

@@ -115,7 +115,7 @@ def resolve_images(data: str | None, quick: bool, scratch: Path) -> tuple[str | 
     else:
         root = Path(data)
     if root.suffix == ".data":
-        from utils.datasets import resolve_data_cfg
+        from utils.data_files import resolve_data_cfg
 
         train = resolve_data_cfg(root)["train"]
         if quick:

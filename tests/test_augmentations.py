@@ -10,8 +10,6 @@ from utils.augmentations import (
     PAD_VALUE,
     affine_matrix,
     apply_hsv,
-    augment_hsv,
-    fliplr,
     hsv_gains,
     letterbox,
     mosaic,
@@ -21,6 +19,8 @@ from utils.augmentations import (
     transform_boxes,
     warp_image,
 )
+from utils.datasets import AUGMENT_KEYS, LoadImagesAndLabels
+from utils.hyp import DEFAULT_HYP
 
 
 def _canvas(h: int, w: int, boxes: list[tuple[int, int, int, int]], value: int = 255) -> np.ndarray:
@@ -121,17 +121,18 @@ def test_integer_translation_crop_equals_warp_affine_for_shifts():
         assert np.array_equal(warp_image(img, M, 40, 60), ref), (tx, ty)
 
 
-def test_augment_hsv_shape_dtype_and_identity():
+def test_hsv_shape_dtype_and_identity():
+    """The dataset's HSV jitter: ``apply_hsv(img, hsv_gains(...))`` into a new image."""
     img = np.random.default_rng(3).integers(0, 255, (40, 50, 3), dtype=np.uint8)
-    same = augment_hsv(img, 0, 0, 0, np.random.default_rng(0))
+    same = apply_hsv(img, hsv_gains(0, 0, 0, np.random.default_rng(0)))
     assert same is not img and np.array_equal(same, img)
-    out = augment_hsv(img, 0.0138, 0.678, 0.36, np.random.default_rng(0))
+    out = apply_hsv(img, hsv_gains(0.0138, 0.678, 0.36, np.random.default_rng(0)))
     assert out.shape == img.shape and out.dtype == np.uint8
     assert not np.array_equal(out, img)
-    assert np.array_equal(out, augment_hsv(img, 0.0138, 0.678, 0.36, np.random.default_rng(0)))
+    assert np.array_equal(out, apply_hsv(img, hsv_gains(0.0138, 0.678, 0.36, np.random.default_rng(0))))
 
 
-def test_augment_hsv_equals_per_channel_tables_and_works_in_place():
+def test_hsv_equals_per_channel_tables_and_works_in_place():
     """The single 3-channel table equals three per-channel tables on split planes (the reference's way), and
     writing into the input itself (dst=img, as the loader does) gives the same pixels as a new image."""
     img = np.random.default_rng(4).integers(0, 255, (37, 53, 3), dtype=np.uint8)
@@ -144,7 +145,7 @@ def test_augment_hsv_equals_per_channel_tables_and_works_in_place():
     expected = cv2.cvtColor(cv2.merge([cv2.LUT(c, t) for c, t in zip((h, s, v), tables)]), cv2.COLOR_HSV2BGR)
     out = apply_hsv(img, gains)
     assert out is not img and np.array_equal(out, expected)
-    assert np.array_equal(augment_hsv(img, 0.0138, 0.678, 0.36, np.random.default_rng(1)), expected)
+    assert np.array_equal(apply_hsv(img, hsv_gains(0.0138, 0.678, 0.36, np.random.default_rng(1))), expected)
     own = img.copy()
     assert apply_hsv(own, gains, dst=own) is own and np.array_equal(own, expected)
     same = img.copy()
@@ -152,22 +153,38 @@ def test_augment_hsv_equals_per_channel_tables_and_works_in_place():
     assert np.array_equal(same, img)  # gains of 1: untouched, no lossy HSV round trip
 
 
-def test_augment_hsv_value_gain_darkens_or_brightens_grey():
+def test_hsv_value_gain_darkens_or_brightens_grey():
     img = np.full((4, 4, 3), 100, np.uint8)  # grey: saturation 0, value 100
     rng = np.random.default_rng(0)
     gain = rng.uniform(-1, 1, 3)[2] * 0.5 + 1
-    out = augment_hsv(img, 0, 0, 0.5, np.random.default_rng(0))
+    out = apply_hsv(img, hsv_gains(0, 0, 0.5, np.random.default_rng(0)))
     assert np.all(out == int(np.clip(100 * gain, 0, 255)))
 
 
-def test_fliplr_moves_boxes_with_pixels():
-    h, w = 60, 100
-    img = _canvas(h, w, [(10, 20, 30, 50)])
-    labels = np.array([[2, 20 / w, 35 / h, 20 / w, 30 / h]], np.float32)
-    out, lab = fliplr(img, labels)
-    x1, y1, x2, y2 = _found_box(out)
-    np.testing.assert_allclose(lab[0, 1:], [(x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h])
-    assert labels[0, 1] == pytest.approx(0.2)  # input untouched
+def test_dataset_flip_moves_boxes_with_pixels(tmp_path):
+    """The dataset's left-right flip (label x mirrored in the item, pixels mirrored by bgr_to_chw_rgb): with every
+    other augmentation at zero, the box found in each item's pixels is where its label says, flipped or not, and the
+    stored labels stay untouched."""
+    h, w = 64, 128  # multiples of 32: the rect letterbox neither resizes nor pads
+    images, labels_dir = tmp_path / "images" / "train", tmp_path / "labels" / "train"
+    images.mkdir(parents=True)
+    labels_dir.mkdir(parents=True)
+    cv2.imwrite(str(images / "a.png"), _canvas(h, w, [(10, 20, 30, 50)]))
+    (labels_dir / "a.txt").write_text(f"2 {20 / w} {35 / h} {20 / w} {30 / h}\n")
+    hyp = {**DEFAULT_HYP, **dict.fromkeys(AUGMENT_KEYS, 0.0)}
+    ds = LoadImagesAndLabels(images, img_size=w, augment=True, rect=True, hyp=hyp, nc=3, verbose=False)
+    flipped = set()
+    for epoch in range(8):
+        ds.set_epoch(epoch)
+        chw, targets, *_ = ds[0]
+        out = np.ascontiguousarray(chw.numpy().transpose(1, 2, 0))
+        oh, ow = out.shape[:2]
+        x1, y1, x2, y2 = _found_box(out)
+        np.testing.assert_allclose(targets[0, 2:].numpy(), [(x1 + x2) / 2 / ow, (y1 + y2) / 2 / oh, (x2 - x1) / ow,
+                                                            (y2 - y1) / oh], rtol=1e-6)  # fmt: skip
+        flipped.add(bool(x1 > ow / 2))
+    assert flipped == {True, False}  # both sides drawn over the epochs
+    assert ds.labels[0][0, 1] == pytest.approx(20 / w)  # the stored labels untouched
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -15,9 +15,10 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.convert import convert_coco, convert_voc, main, read_split_list, voc_corners_to_xyxy, yolo_rows
+from utils.annotations import read_split_list, voc_corners_to_xyxy
+from utils.convert import convert_coco, convert_voc, main, yolo_rows
+from utils.data_check import main as datasets_main
 from utils.datasets import LoadImagesAndLabels
-from utils.datasets import main as datasets_main
 
 RACCOON = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "raccoon"
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import utils.shapes as shapes
-from utils.datasets import LoadImagesAndLabels, resolve_data_cfg
+from utils.data_files import resolve_data_cfg
+from utils.datasets import LoadImagesAndLabels
 from utils.shapes import (
     CLASS_NAMES,
     IMAGE_SIZE_P,

@@ -1,8 +1,9 @@
-"""Image augmentations for detection: letterbox, HSV jitter, random affine, 4-image mosaic and left-right flip.
+"""Image augmentations for detection: letterbox, HSV jitter, random affine and the 4-image mosaic.
 
 Images are HWC BGR ``uint8`` ndarrays as ``cv2.imread`` returns them. Every random choice comes from an explicit
 ``np.random.Generator`` passed by the caller, so each augmentation is a pure function of its inputs and the
-generator's state (the dataset seeds one generator per item and epoch).
+generator's state (the dataset seeds one generator per item and epoch). The left-right flip is the dataset's: it
+mirrors the label x and lays the pixels out mirrored (``utils.images.bgr_to_chw_rgb``), with no extra copy.
 
 Label formats are in the names: ``targets`` / ``labels4`` are ``(n, 5)`` rows ``class, x1, y1, x2, y2`` in
 pixels (xyxy); ``labels_xywh`` are ``(n, 5)`` rows ``class, x, y, w, h`` normalised to 0..1.
@@ -75,7 +76,7 @@ def letterbox(
 
 
 def hsv_gains(hgain: float, sgain: float, vgain: float, rng: np.random.Generator) -> np.ndarray:
-    """Draw the (3,) hue, saturation and value gains of :func:`augment_hsv`, each uniform in ``1 +- gain``."""
+    """Draw the (3,) hue, saturation and value gains of :func:`apply_hsv`, each uniform in ``1 +- gain``."""
     return rng.uniform(-1, 1, 3) * (hgain, sgain, vgain) + 1
 
 
@@ -99,19 +100,6 @@ def apply_hsv(img: np.ndarray, gains: np.ndarray, dst: np.ndarray | None = None)
     cv2.cvtColor(img, cv2.COLOR_BGR2HSV, dst=dst)
     cv2.LUT(dst, lut.astype(np.uint8).reshape(1, 256, 3), dst=dst)
     return cv2.cvtColor(dst, cv2.COLOR_HSV2BGR, dst=dst)
-
-
-def augment_hsv(
-    img: np.ndarray,
-    hgain: float,
-    sgain: float,
-    vgain: float,
-    rng: np.random.Generator,
-    dst: np.ndarray | None = None,
-) -> np.ndarray:
-    """Jitter hue, saturation and value of a BGR uint8 image by random gains in ``1 +- gain``:
-    ``apply_hsv(img, hsv_gains(hgain, sgain, vgain, rng), dst)`` (a new image unless ``dst`` is given)."""
-    return apply_hsv(img, hsv_gains(hgain, sgain, vgain, rng), dst)
 
 
 def _translate(img: np.ndarray, tx: int, ty: int, height: int, width: int) -> np.ndarray:
@@ -371,13 +359,3 @@ def mosaic_affine(
     else:
         img = warp_image(_paste(np.full((2 * s, 2 * s, c), PAD_VALUE, dtype=np.uint8), imgs, layout), M, s, s)
     return img, transform_boxes(labels4, M, sc, s, s)
-
-
-def fliplr(img: np.ndarray, labels_xywh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mirror an image left-right and its (n, 5) normalised ``class, x, y, w, h`` labels (x -> 1 - x).
-
-    Returns a flipped view of ``img`` (no copy; the caller makes the final contiguous array) and new labels.
-    """
-    labels = np.array(labels_xywh, dtype=np.float32).reshape(-1, 5)
-    labels[:, 1] = 1 - labels[:, 1]
-    return img[:, ::-1], labels

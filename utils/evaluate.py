@@ -30,7 +30,8 @@ from tqdm import tqdm
 from models import Darknet
 from utils.boxes import clip_coords, scale_coords, xywhn2xyxy, xyxy2xywhn
 from utils.coco import coco_image_id, coco_json_rows, prepare_coco_gt, save_and_score
-from utils.datasets import LoadImagesAndLabels, resolve_data_cfg
+from utils.data_files import resolve_data_cfg
+from utils.datasets import LoadImagesAndLabels
 from utils.loss import compute_loss
 from utils.metrics import ap_per_class, match_predictions
 from utils.nms import non_max_suppression

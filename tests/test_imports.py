@@ -12,7 +12,8 @@ MODULES = [
     "utils.distributed", "utils.torch_utils", "utils.general", "bench.run", "utils.convert", "utils.runlock",
     "utils.runstop", "bench.ceilings", "bench.gpu_check", "bench.inference", "bench.learn", "bench.loading",
     "bench.memory", "bench.reference", "bench.synthetic", "bench.timing", "bench.training", "utils.evaluate",
-    "utils.coco", "utils.weights",
+    "utils.coco", "utils.weights", "utils.problems", "utils.data_files", "utils.labels", "utils.label_cache",
+    "utils.images", "utils.image_cache", "utils.data_check", "utils.annotations", "utils.convert_output",
 ]  # fmt: skip
 
 

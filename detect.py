@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from models import Darknet
-from utils.boxes import scale_coords, xyxy2xywh
+from utils.boxes import scale_coords, xyxy2xywhn
 from utils.general import tune_malloc
 from utils.nms import non_max_suppression
 from utils.parse_config import parse_data_cfg
@@ -168,7 +168,7 @@ def yolo_label_lines(det: torch.Tensor, img0_shape: Sequence[int], save_conf: bo
     ``img0_shape = (h0, w0[, c])``, with the confidence appended when ``save_conf``.
     """
     h0, w0 = img0_shape[:2]
-    xywh = xyxy2xywh(det[:, :4].float().cpu()) / torch.tensor([w0, h0, w0, h0], dtype=torch.float32)
+    xywh = xyxy2xywhn(det[:, :4].float().cpu(), w0, h0)
     lines = []
     for (x, y, w, h), conf, cls in zip(xywh.tolist(), det[:, 4].tolist(), det[:, 5].tolist()):
         line = f"{int(cls)} {x:.6f} {y:.6f} {w:.6f} {h:.6f}"

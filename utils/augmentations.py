@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from utils.boxes import xywhn2xyxy
+
 PAD_VALUE = 114  # grey used for padding and for the mosaic canvas, as in the reference trainer
 # Box-keep rule after mosaic and affine (the reference's): a box the crop or warp cut down to a sliver is dropped.
 KEEP_MIN_WH = 4  # pixels: width and height must exceed this
@@ -278,11 +280,8 @@ def _mosaic_labels(
     # per row: the image's (w, h) and the canvas position of its top-left corner, in float32 like the labels
     geo = np.repeat(np.array([(w, h, x1a, y1a) for (h, w), (x1a, y1a, *_) in zip(hw, layout)], np.float32),
                     [len(v) for v in lab], axis=0)
-    half = x[:, 3:5] / 2
-    labels4 = np.empty_like(x)
-    labels4[:, 0] = x[:, 0]
-    labels4[:, 1:3] = geo[:, :2] * (x[:, 1:3] - half) + geo[:, 2:]
-    labels4[:, 3:5] = geo[:, :2] * (x[:, 1:3] + half) + geo[:, 2:]
+    labels4 = x.copy()
+    labels4[:, 1:] = xywhn2xyxy(x[:, 1:], geo[:, 0], geo[:, 1], geo[:, 2], geo[:, 3])
     np.clip(labels4[:, 1:], 0, 2 * size, out=labels4[:, 1:])
     return labels4
 

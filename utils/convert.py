@@ -58,6 +58,7 @@ from utils.annotations import (
     read_voc,
     voc_classes,
 )
+from utils.boxes import xyxy2xywhn
 from utils.convert_output import MANIFEST, Output, write_tree
 from utils.images import read_image_size
 from utils.problems import first_few
@@ -132,10 +133,7 @@ def yolo_rows(xyxy: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np
     lim = np.array([width, height, width, height], dtype=np.float64)
     inside = np.clip(xyxy, 0, lim)
     clipped = (inside != xyxy).any(1)
-    xywh = np.empty_like(inside)
-    xywh[:, :2] = (inside[:, :2] + inside[:, 2:]) / 2
-    xywh[:, 2:] = inside[:, 2:] - inside[:, :2]
-    xywh = np.round(xywh / lim, 6)
+    xywh = np.round(xyxy2xywhn(inside, width, height), 6)
     kept = (xywh[:, 2] > 0) & (xywh[:, 3] > 0)
     return xywh, clipped, kept
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from utils.augmentations import apply_hsv, hsv_gains, letterbox, mosaic_affine, random_affine
-from utils.boxes import xyxy2xywh
+from utils.boxes import xywhn2xyxy, xyxy2xywhn
 from utils.hyp import DEFAULT_HYP
 from utils.image_cache import SharedImageCache, check_preload_fits, mem_available
 from utils.images import bgr_to_chw_rgb, load_image, resized_shapes
@@ -328,12 +328,8 @@ class LoadImagesAndLabels(Dataset):
             img, ratio, pad = letterbox(img, shape, auto=False, scaleup=self.augment)
             shapes = (h0, w0), ((h / h0, w / w0), pad)
             x = self.labels[index]
-            labels = np.empty_like(x)
-            labels[:, 0] = x[:, 0]
-            labels[:, 1] = ratio[0] * w * (x[:, 1] - x[:, 3] / 2) + pad[0]
-            labels[:, 2] = ratio[1] * h * (x[:, 2] - x[:, 4] / 2) + pad[1]
-            labels[:, 3] = ratio[0] * w * (x[:, 1] + x[:, 3] / 2) + pad[0]
-            labels[:, 4] = ratio[1] * h * (x[:, 2] + x[:, 4] / 2) + pad[1]
+            labels = x.copy()
+            labels[:, 1:] = xywhn2xyxy(x[:, 1:], ratio[0] * w, ratio[1] * h, pad[0], pad[1])
             if self.augment:
                 img, labels = random_affine(
                     img,
@@ -349,7 +345,7 @@ class LoadImagesAndLabels(Dataset):
         height, width = img.shape[:2]
         labels_out = np.zeros((len(labels), 6), dtype=np.float32)
         labels_out[:, 1:] = labels
-        labels_out[:, 2:] = xyxy2xywh(labels[:, 1:5]) / np.array([width, height, width, height], dtype=np.float32)
+        labels_out[:, 2:] = xyxy2xywhn(labels[:, 1:5], width, height)
         flip = self.augment and rng.random() < 0.5
         if flip:  # left-right flip: x mirrored here, the pixels in stage 3 (bgr_to_chw_rgb)
             labels_out[:, 2] = 1 - labels_out[:, 2]

@@ -28,6 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from utils.boxes import xyxy2xywhn
 from utils.parse_config import parse_data_cfg
 
 CLASS_NAMES = ("circle", "square", "triangle")
@@ -115,9 +116,9 @@ def make_shapes_image(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]
         boxes.append(box)
         classes.append(cls)
     labels = np.zeros((len(boxes), 5))
-    for k, (cls, (x1, y1, x2, y2)) in enumerate(zip(classes, boxes)):
-        labels[k] = cls, (x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h
-    labels[:, 1:] = labels[:, 1:].clip(0, 1)
+    labels[:, 0] = classes
+    if boxes:
+        labels[:, 1:] = xyxy2xywhn(np.array(boxes, dtype=np.float64), w, h).clip(0, 1)
     return img, labels
 
 

@@ -56,6 +56,7 @@ print("HEAP " + json.dumps({{"mode": mode, "tuned": tuned, "peak_rss_mib": kib("
 def ram_cache_figures(images: str | list[str], img_size: int, hyp: dict[str, float]) -> dict[str, object]:
     """The default RAM cache after one pass over the image set (0 workers, so this process fills it)."""
     from utils.datasets import LoadImagesAndLabels
+    from utils.image_cache import mem_available
 
     dataset = LoadImagesAndLabels(images, img_size=img_size, batch_size=16, augment=True, hyp=hyp, seed=0,
                                   verbose=False)  # fmt: skip
@@ -91,7 +92,7 @@ def ram_cache_figures(images: str | list[str], img_size: int, hyp: dict[str, flo
             "default_cache_holds_images": int(budget // per_image),
             "default_cache_gib": round(min(budget, BIG_SET * per_image) / 2**30, 2),
             "cache_images_needs_gib": round(BIG_SET * per_image / 2**30, 1),
-            "mem_available_gib": round(_mem_available() / 2**30, 1),
+            "mem_available_gib": round((mem_available() or 0) / 2**30, 1),
         },
     })  # fmt: skip
     return out
@@ -104,17 +105,6 @@ def _default_ram_cache_mb() -> float:
 
     param = inspect.signature(LoadImagesAndLabels).parameters.get("ram_cache_mb")
     return float(param.default) if param is not None else 0.0
-
-
-def _mem_available() -> int:
-    """MemAvailable from /proc/meminfo in bytes (0 where unknown)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def heap_figures(quick: bool, threads: int) -> list[dict[str, object]]:

@@ -34,6 +34,7 @@ import torch
 
 from models import Darknet
 from utils.boxes import scale_coords, xyxy2xywhn
+from utils.data_files import read_names
 from utils.general import tune_malloc
 from utils.nms import non_max_suppression
 from utils.parse_config import parse_data_cfg
@@ -69,7 +70,7 @@ def load_names(path: str | Path) -> list[str]:
             looked = ", ".join(map(str, candidates))
             raise FileNotFoundError(f"{path}: names file '{entry}' not found; looked at {looked}")
         path = found
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    names = read_names(path)
     if not names:
         raise ValueError(f"{path}: no class names; write one name per line")
     return names

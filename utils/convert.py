@@ -60,6 +60,7 @@ from utils.annotations import (
 )
 from utils.boxes import xyxy2xywhn
 from utils.convert_output import MANIFEST, Output, write_tree
+from utils.data_files import read_names
 from utils.images import read_image_size
 from utils.problems import first_few
 
@@ -290,7 +291,7 @@ def _read_names(names: Sequence[str] | str | Path | None) -> list[str] | None:
         return None if names is None else [str(n) for n in names]
     path = Path(names)
     try:
-        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        return read_names(path)
     except OSError as e:
         raise FileNotFoundError(f"names file {path}: cannot be read ({e})") from e
 

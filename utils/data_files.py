@@ -135,6 +135,11 @@ def _resolve(value: str, data_file: Path, key: str) -> str:
     raise FileNotFoundError(f"{data_file}: {key}={value} not found (looked at {tried})")
 
 
+def read_names(path: str | Path) -> list[str]:
+    """Class names of a ``.names`` file: one per line, stripped, blank lines skipped."""
+    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+
+
 def resolve_data_cfg(path: str | Path) -> dict:
     """Read a ``.data`` file and resolve its paths.
 
@@ -161,7 +166,7 @@ def resolve_data_cfg(path: str | Path) -> dict:
         paths = [_resolve(v.strip(), data_file, key) for v in str(cfg[key]).split(",") if v.strip()]
         out[key] = paths[0] if len(paths) == 1 else paths
     names_file = _resolve(str(cfg["names"]), data_file, "names")
-    names = [line.strip() for line in Path(names_file).read_text().splitlines() if line.strip()]
+    names = read_names(names_file)
     if len(names) != cfg["classes"]:
         raise ValueError(
             f"{names_file}: {len(names)} names but {data_file} says classes={cfg['classes']} (fix: one name per "

@@ -54,14 +54,9 @@ from utils.checkpoint import (
     CheckpointSaveError,
     NonFiniteCheckpointError,
     atomic_save,
-    hold_run_dir,
-    latest_resumable_run,
     load_checkpoint,
     make_checkpoint,
-    model_nonfinite,
-    next_run_dir,
     previous_checkpoint_note,
-    remove_stale_tmp,
     rng_state,
     set_rng_state,
 )
@@ -93,6 +88,7 @@ from utils.evolve import (
     read_evolve,
     write_hyp_yaml,
 )
+from utils.finite import model_nonfinite
 from utils.general import tune_malloc
 from utils.hyp import DEFAULT_HYP, HYP_GAINS, derive_loss_hyp, format_hyp, load_hyp
 from utils.loss import compute_loss, loss_counts
@@ -100,6 +96,7 @@ from utils.metrics import fitness
 from utils.parse_config import net_values_used
 from utils.plots import plot_evolution_results, plot_images, plot_labels, plot_results
 from utils.runlock import RunLockedError, lock_holder
+from utils.runs import hold_run_dir, latest_resumable_run, next_run_dir, remove_stale_tmp
 from utils.runstop import StopRequest
 from utils.schedule import (
     NOMINAL_BATCH,

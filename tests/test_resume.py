@@ -15,17 +15,11 @@ import torch
 
 import train
 from utils.checkpoint import load_checkpoint
-from utils.shapes import make_shapes_dataset
 
 
 @pytest.fixture(scope="module")
-def data16(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("resume")
-    make_shapes_dataset(root / "shapes", seed=2, n_train=16, n_valid=4)
-    (root / "s.names").write_text("circle\nsquare\ntriangle\n")
-    data = root / "s.data"
-    data.write_text("classes=3\ntrain=shapes/images/train\nvalid=shapes/images/valid\nnames=s.names\n")
-    return data
+def data16(tmp_path_factory, shapes_data_cfg) -> Path:
+    return shapes_data_cfg(tmp_path_factory.mktemp("resume"), seed=2)
 
 
 def args(data: Path, project: Path, name: str, batch: int = 4, *extra: str) -> list[str]:

@@ -15,6 +15,7 @@ import torch
 
 import train
 from utils.checkpoint import load_checkpoint
+from utils.train_options import REPO
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def args(data: Path, project: Path, name: str, batch: int = 4, *extra: str) -> l
     pending) together with lr, momentum, weight decay and gr; multi-scale and EMA on so their state is part of
     what must be restored."""
     return [
-        "--cfg", str(train.REPO / "cfg" / "yolov3-tiny.cfg"), "--data", str(data), "--img-size", "64",
+        "--cfg", str(REPO / "cfg" / "yolov3-tiny.cfg"), "--data", str(data), "--img-size", "64",
         "--epochs", "2", "--batch-size", str(batch), "--accumulate", "3", "--burn-in", "6", "--multi-scale", "--ema",
         "--weights", "", "--device", "cpu", "--num-workers", "0", "--deterministic", "--notest",
         "--project", str(project), "--name", name, *extra,
@@ -88,7 +89,7 @@ def test_real_sigterm_stops_cleanly_and_resumes_exactly(data16, tmp_path):
     one."""
     assert train.main(args(data16, tmp_path, "full", 2)) == 0
     cmd = [sys.executable, "train.py", *args(data16, tmp_path, "killed", 2)]
-    proc = subprocess.Popen(cmd, cwd=train.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     last = tmp_path / "killed" / "weights" / "last.pt"
     try:
         deadline = time.time() + 300

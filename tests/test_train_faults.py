@@ -15,6 +15,7 @@ import train
 from utils.checkpoint import load_checkpoint
 from utils.finite import checkpoint_nonfinite
 from utils.runlock import RunLock
+from utils.train_options import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +28,7 @@ def data(tmp_path_factory, shapes_data_cfg) -> Path:
 def args(data: Path, project: Path, name: str, *extra: str) -> list[str]:
     """yolov3-tiny at 64 px, 2 batches of 8 per epoch, 1 epoch unless extra says otherwise."""
     return [
-        "--cfg", str(train.REPO / "cfg" / "yolov3-tiny.cfg"), "--data", str(data), "--img-size", "64",
+        "--cfg", str(REPO / "cfg" / "yolov3-tiny.cfg"), "--data", str(data), "--img-size", "64",
         "--epochs", "1", "--batch-size", "8", "--weights", "", "--device", "cpu", "--num-workers", "0",
         "--notest", "--project", str(project), "--name", name, *extra,
     ]  # fmt: skip

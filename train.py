@@ -150,16 +150,16 @@ def freeze_non_output(model: nn.Module) -> int:
     return frozen
 
 
-def initial_weights_path(opt: argparse.Namespace, weights_dir: Path) -> Path | None:
+def initial_weights_path(weights: str | None, transfer: bool, cfg: str, weights_dir: Path) -> Path | None:
     """The file the run starts from: ``--weights``; else for ``--transfer`` ``weights/yolov3-spp.pt``; else the
     Darknet backbone of the cfg in ``weights/`` when present (``default_weights``); None: train from scratch."""
-    if opt.weights:
-        return Path(opt.weights)
-    if opt.weights == "":
+    if weights:
+        return Path(weights)
+    if weights == "":
         return None
-    if opt.transfer:
+    if transfer:
         return weights_dir / "yolov3-spp.pt"
-    return default_weights(opt.cfg, weights_dir)
+    return default_weights(cfg, weights_dir)
 
 
 def load_initial_weights(model: nn.Module, opt: argparse.Namespace, weights_dir: Path, verbose: bool = True) -> None:
@@ -168,7 +168,7 @@ def load_initial_weights(model: nn.Module, opt: argparse.Namespace, weights_dir:
     ``--freeze-layers``, which train only the output convolutions (the seed's transfer learning)."""
     say = print if verbose else lambda *args, **kwargs: None
     freeze = opt.transfer or opt.freeze_layers
-    path = initial_weights_path(opt, weights_dir)
+    path = initial_weights_path(opt.weights, opt.transfer, opt.cfg, weights_dir)
     if path is None:
         if freeze:
             raise FileNotFoundError("--freeze-layers needs --weights PATH (or a backbone in weights/)")

@@ -1,5 +1,6 @@
-"""Self-describing training checkpoints: saving them atomically, reading any .pt with one clear error, RNG state
-capture. Run folders are utils/runs.py, inf/NaN checks utils/finite.py.
+"""Self-describing training checkpoints: atomic saving, reading any .pt with one clear error, and RNG state.
+
+Run folders are utils/runs.py, inf/NaN checks utils/finite.py.
 
 A checkpoint is a plain dict written with ``torch.save``. Its first five keys are those of ultralytics/yolov3
 checkpoints, so readers of those files (``torch.load(f)['model']``) keep working; the rest is what an exact

@@ -1,5 +1,4 @@
-"""--resume: which checkpoint continues a run, with which options and epochs, and each rank's RNG and pending
-gradients, saved and restored."""
+"""--resume: the checkpoint, options and epochs a run continues with, and each rank's RNG and pending gradients."""
 
 from __future__ import annotations
 
@@ -31,18 +30,19 @@ def run_folder(path: Path) -> Path:
     return path.parent.parent if path.parent.name == "weights" else path.parent
 
 
-def find_resume_checkpoint(opt: argparse.Namespace) -> Path:
+def find_resume_checkpoint(weights: str | None, name: str | None, project: str, epochs: int | None) -> Path:
     """--resume: --weights PATH if given, else <project>/<name>/weights/last.pt with --name, else the last.pt of the
-    most recently saved run in <project> that is stopped, never a live one (with ``--epochs N`` also a finished
-    run of fewer epochs, which then extends). Under torchrun only rank 0 calls this (see prepare_resume)."""
-    if opt.weights:
-        return Path(opt.weights)
-    if opt.name:
-        return Path(opt.project) / opt.name / "weights" / "last.pt"
-    chosen, skipped = latest_resumable_run(opt.project, opt.epochs if "epochs" in opt.explicit else None)
+    most recently saved run in <project> that is stopped, never a live one (with ``epochs``, an explicit
+    ``--epochs N``, also a finished run of fewer epochs, which then extends). Under torchrun only rank 0 calls
+    this (see prepare_resume)."""
+    if weights:
+        return Path(weights)
+    if name:
+        return Path(project) / name / "weights" / "last.pt"
+    chosen, skipped = latest_resumable_run(project, epochs)
     for s in skipped:
         print(f"--resume: skipped {s.run_dir} ({s.describe()})")
-    print(f"--resume: continuing {chosen.run_dir} ({chosen.describe()}), the latest stopped run in {opt.project}")
+    print(f"--resume: continuing {chosen.run_dir} ({chosen.describe()}), the latest stopped run in {project}")
     return chosen.last
 
 
@@ -81,10 +81,11 @@ def prepare_resume(
     is loaded (``ResumeError`` naming the pid and host).
     """
     info = info or DistInfo()
+    wanted = opt.epochs if "epochs" in opt.explicit else None  # --resume --epochs N
     found: tuple[str | None, str | None] = (None, None)  # (path, error): rank 0's answer for every rank
     if info.is_main:
         try:
-            path = find_resume_checkpoint(opt)
+            path = find_resume_checkpoint(opt.weights, opt.name, opt.project, wanted)
             holder = lock_holder(run_folder(path))
             if holder is not None:
                 raise RunLockedError(run_folder(path), holder, run_folder(path) / "run.lock")
@@ -116,7 +117,6 @@ def prepare_resume(
         if key not in opt.explicit:
             setattr(resumed, key, defaults[key])
     resumed.resume, resumed.explicit = True, opt.explicit
-    wanted = opt.epochs if "epochs" in opt.explicit else None
     resumed.epochs = resume_epochs(saved["epochs"], ckpt["epoch"] + 1, ckpt.get("batch", 0), wanted, path)
     if info.is_main and resumed.epochs != saved["epochs"]:
         print(f"--resume: training to {resumed.epochs} epochs instead of {saved['epochs']}; the schedule is "

@@ -1,5 +1,6 @@
-"""Run folders: claiming a new one, holding it while training, telling live, stopped and finished runs apart,
-and cleaning up after a failed start or a killed save.
+"""Run folders: claiming, holding while training, their state (live, stopped, finished) and clean-up.
+
+A new run claims its own folder; a failed start or a killed save leaves nothing behind that the next start trips on.
 
 A run folder (``runs/exp``, ``runs/exp2``, ...) has one writer, the trainer holding its lock
 (``utils.runlock.RunLock``); ``weights/last.pt`` in it is what ``--resume`` continues.

@@ -1,5 +1,7 @@
-"""The pieces of a training run that train.py's loop calls: its files, data, model parts and progress, how they are
-built or restored from a checkpoint, and the batch and epoch stages that need no model code of their own."""
+"""The parts of a training run that train.py's loop calls: files, data, model parts, progress, batch stages.
+
+How they are built or restored from a checkpoint, and the batch and epoch stages that need no model code of their own
+(what does, forward and loss, the weights to start from, the test, stays in train.py)."""
 
 from __future__ import annotations
 

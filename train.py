@@ -395,6 +395,9 @@ def train(
         stop.uninstall()
         if tb is not None:
             tb.close()
+        # persistent loader workers end with their loader, and they ignore SIGTERM: drop it now, not at whatever
+        # garbage collection frees this frame (a frame kept in a reference cycle hung the exit of a torchrun rank)
+        del data
 
     if main_rank:
         plot_results(files.results, files.save_dir / "results.png")

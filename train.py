@@ -44,9 +44,7 @@ from tqdm import tqdm
 
 import test as evaluation  # this project's test.py (the evaluation CLI), not the standard library package
 from models import Darknet, load_weights_fitting
-from utils.checkpoint import (
-    CheckpointSaveError,
-)
+from utils.checkpoint import CheckpointSaveError
 from utils.distributed import (
     DistInfo,
     all_reduce_sum,

@@ -32,6 +32,7 @@ from utils.train_log import memory_gb, results_header
 
 CHANNELS_LAST = torch.channels_last  # memory format of the model and its input batches while training
 
+
 class NonFiniteLoss(RuntimeError):
     """The loss or the gradients became inf or NaN; the message names the batch's images, the loss components
     and which checkpoint files hold the last finite state."""

@@ -12,7 +12,6 @@ from utils.hyp import (
     HYP_GAINS,
     HYP_KEYS_TXT,
     HYP_LIMITS,
-    SEED_HYP_2019,
     derive_loss_hyp,
     format_hyp,
     load_hyp,
@@ -53,7 +52,6 @@ def test_limits_and_gains_cover_every_key_and_hold_the_defaults():
         lo, hi = HYP_LIMITS[k]
         assert lo <= v <= hi, k
         assert HYP_GAINS[k] >= 0
-    assert set(SEED_HYP_2019) <= set(DEFAULT_HYP)
 
 
 def test_yaml_subset_updates_defaults_without_mutating_them(tmp_path):

@@ -15,17 +15,12 @@ import torch
 
 import train
 from utils.checkpoint import load_checkpoint
-from utils.shapes import make_shapes_dataset
+from utils.train_options import REPO
 
 
 @pytest.fixture(scope="module")
-def data16(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("resume")
-    make_shapes_dataset(root / "shapes", seed=2, n_train=16, n_valid=4)
-    (root / "s.names").write_text("circle\nsquare\ntriangle\n")
-    data = root / "s.data"
-    data.write_text("classes=3\ntrain=shapes/images/train\nvalid=shapes/images/valid\nnames=s.names\n")
-    return data
+def data16(tmp_path_factory, shapes_data_cfg) -> Path:
+    return shapes_data_cfg(tmp_path_factory.mktemp("resume"), seed=2)
 
 
 def args(data: Path, project: Path, name: str, batch: int = 4, *extra: str) -> list[str]:
@@ -34,7 +29,7 @@ def args(data: Path, project: Path, name: str, batch: int = 4, *extra: str) -> l
     pending) together with lr, momentum, weight decay and gr; multi-scale and EMA on so their state is part of
     what must be restored."""
     return [
-        "--cfg", str(train.REPO / "cfg" / "yolov3-tiny.cfg"), "--data", str(data), "--img-size", "64",
+        "--cfg", str(REPO / "cfg" / "yolov3-tiny.cfg"), "--data", str(data), "--img-size", "64",
         "--epochs", "2", "--batch-size", str(batch), "--accumulate", "3", "--burn-in", "6", "--multi-scale", "--ema",
         "--weights", "", "--device", "cpu", "--num-workers", "0", "--deterministic", "--notest",
         "--project", str(project), "--name", name, *extra,
@@ -94,7 +89,7 @@ def test_real_sigterm_stops_cleanly_and_resumes_exactly(data16, tmp_path):
     one."""
     assert train.main(args(data16, tmp_path, "full", 2)) == 0
     cmd = [sys.executable, "train.py", *args(data16, tmp_path, "killed", 2)]
-    proc = subprocess.Popen(cmd, cwd=train.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     last = tmp_path / "killed" / "weights" / "last.pt"
     try:
         deadline = time.time() + 300

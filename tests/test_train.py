@@ -21,7 +21,10 @@ from models import Darknet
 from utils.checkpoint import atomic_save, load_checkpoint, make_checkpoint, rng_state
 from utils.distributed import DistInfo, cleanup_distributed, setup_distributed
 from utils.hyp import load_hyp
+from utils.plots import RESULTS_COLUMNS
+from utils.resume import prepare_resume, restore_rank_state, resume_command
 from utils.shapes import make_shapes_dataset
+from utils.train_options import REPO, opt_to_dict, parse_opt
 from utils.weights import save_weights
 
 CHECKPOINT_KEYS = {
@@ -48,7 +51,7 @@ def tiny_data(tmp_path_factory) -> Path:
 def tiny_args(data: Path, project: Path, name: str, *extra: str) -> list[str]:
     """yolov3-tiny at 64 px, 2 batches of 8 per epoch, CPU, no workers: seconds per epoch on 2 cores."""
     return [
-        "--cfg", str(train.REPO / "cfg" / "yolov3-tiny.cfg"), "--data", str(data), "--img-size", "64",
+        "--cfg", str(REPO / "cfg" / "yolov3-tiny.cfg"), "--data", str(data), "--img-size", "64",
         "--epochs", "1", "--batch-size", "8", "--accumulate", "1", "--weights", "", "--device", "cpu",
         "--num-workers", "0", "--project", str(project), "--name", name, *extra,
     ]  # fmt: skip
@@ -63,8 +66,8 @@ def test_one_epoch_writes_results_checkpoint_and_plots(tiny_data, tmp_path):
     assert train.main(tiny_args(tiny_data, tmp_path, "run")) == 0
     run = tmp_path / "run"
     lines = (run / "results.txt").read_text().splitlines()
-    assert lines[0].split() == list(train.RESULTS_COLUMNS)
-    assert len(lines) == 2 and len(lines[1].split()) == len(train.RESULTS_COLUMNS)
+    assert lines[0].split() == list(RESULTS_COLUMNS)
+    assert len(lines) == 2 and len(lines[1].split()) == len(RESULTS_COLUMNS)
     ckpt = load_checkpoint(run / "weights" / "last.pt")
     assert set(ckpt) >= CHECKPOINT_KEYS
     assert ckpt["epoch"] == 0 and ckpt["batch"] == 0
@@ -164,7 +167,7 @@ for i in range(10_000):
 @pytest.mark.slow
 def test_kill_during_checkpoint_save_leaves_loadable_last(tmp_path):
     last = tmp_path / "weights" / "last.pt"
-    code = SAVE_LOOP.format(repo=str(train.REPO), cfg=str(train.REPO / "cfg" / "yolov3-tiny.cfg"), path=str(last))
+    code = SAVE_LOOP.format(repo=str(REPO), cfg=str(REPO / "cfg" / "yolov3-tiny.cfg"), path=str(last))
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().startswith("saved 0")
@@ -181,7 +184,7 @@ def test_kill_during_checkpoint_save_leaves_loadable_last(tmp_path):
 @pytest.mark.slow
 def test_transfer_from_80_classes_changes_only_output_layers(tiny_data, tmp_path):
     torch.manual_seed(1)
-    donor = Darknet(train.REPO / "cfg" / "yolov3-tiny.cfg")  # 80 classes
+    donor = Darknet(REPO / "cfg" / "yolov3-tiny.cfg")  # 80 classes
     src = {k: v.clone() for k, v in donor.state_dict().items()}
     torch.save({"model": src}, tmp_path / "coco80.pt")
     args = tiny_args(tiny_data, tmp_path, "transfer", "--transfer", "--notest")
@@ -206,14 +209,14 @@ def test_weights_of_80_classes_fine_tune_every_layer(tiny_data, tmp_path, capsys
     """--weights with an 80-class .pt or Darknet .weights onto a 3-class set: every tensor but the output convs
     loads bit for bit, one line says so, and one optimizer step moves every parameter (all layers train)."""
     torch.manual_seed(1)
-    donor = Darknet(train.REPO / "cfg" / "yolov3-tiny.cfg")  # 80 classes
+    donor = Darknet(REPO / "cfg" / "yolov3-tiny.cfg")  # 80 classes
     src = {k: v.clone() for k, v in donor.state_dict().items()}
     path = tmp_path / f"coco80.{fmt}"
     if fmt == "pt":
         torch.save({"model": src}, path)
     else:
         save_weights(donor, path)
-    opt = train.parse_opt(tiny_args(tiny_data, tmp_path, "ft", "--weights", str(path)))
+    opt = parse_opt(tiny_args(tiny_data, tmp_path, "ft", "--weights", str(path)))
     model = Darknet(opt.cfg, nc=3)
     train.load_initial_weights(model, opt, tmp_path)
     line = capsys.readouterr().out
@@ -279,12 +282,12 @@ LEARN_MAP50 = 0.5
 
 @pytest.mark.slow
 def test_learns_builtin_shapes_from_scratch(tmp_path, capsys):
-    args = ["--cfg", str(train.REPO / "cfg" / "yolov3-tiny.cfg"), "--weights", "", "--device", "cpu",
+    args = ["--cfg", str(REPO / "cfg" / "yolov3-tiny.cfg"), "--weights", "", "--device", "cpu",
             "--project", str(tmp_path), "--name", "learn", "--notest", *LEARN_ARGS]  # fmt: skip
     t0 = time.time()
     assert train.main(args) == 0
     rows = (tmp_path / "learn" / "results.txt").read_text().splitlines()[1:]
-    map50 = float(rows[-1].split()[train.RESULTS_COLUMNS.index("mAP@0.5")])
+    map50 = float(rows[-1].split()[RESULTS_COLUMNS.index("mAP@0.5")])
     with capsys.disabled():
         print(f"\nbuilt-in shapes, yolov3-tiny from scratch {' '.join(LEARN_ARGS)}: mAP@0.5 {map50:.3f} "
               f"in {time.time() - t0:.0f} s")
@@ -307,7 +310,7 @@ def test_each_rank_restores_its_own_rng_and_pending_gradients():
     ckpt = {"rng": ranks[0]["rng"], "ranks": ranks}
     for r in range(2):
         torch.manual_seed(99)
-        train.restore_rank_state(model, ckpt, DistInfo(rank=r, world_size=2), torch.device("cpu"))
+        restore_rank_state(model, ckpt, DistInfo(rank=r, world_size=2), torch.device("cpu"))
         assert torch.equal(torch.get_rng_state(), ranks[r]["rng"]["torch"])
         assert torch.equal(model.weight.grad, torch.full((1, 2), float(r)))
 
@@ -316,25 +319,25 @@ def test_other_world_size_drops_gradients_and_never_shares_a_stream(caplog):
     model = torch.nn.Linear(2, 1)
     ranks = [{"rng": _rng_after(r), "grads": {"weight": torch.ones(1, 2)}} for r in range(2)]
     own = _rng_after(7)  # what init_seeds(seed + rank) gave the rank without an entry
-    train.restore_rank_state(model, {"rng": ranks[0]["rng"], "ranks": ranks}, DistInfo(rank=2, world_size=3),
+    restore_rank_state(model, {"rng": ranks[0]["rng"], "ranks": ranks}, DistInfo(rank=2, world_size=3),
                              torch.device("cpu"))  # fmt: skip
     assert torch.equal(torch.get_rng_state(), own["torch"]) and model.weight.grad is None
     assert "gradients accumulated before the interruption are dropped" in caplog.text
-    train.restore_rank_state(model, {"rng": ranks[0]["rng"], "ranks": ranks}, DistInfo(rank=1, world_size=3),
+    restore_rank_state(model, {"rng": ranks[0]["rng"], "ranks": ranks}, DistInfo(rank=1, world_size=3),
                              torch.device("cpu"))  # fmt: skip
     assert torch.equal(torch.get_rng_state(), ranks[1]["rng"]["torch"]) and model.weight.grad is None
     # a checkpoint without per-rank entries restores its single RNG state on rank 0 only
     own = _rng_after(8)
-    train.restore_rank_state(model, {"rng": ranks[0]["rng"]}, DistInfo(rank=1, world_size=2), torch.device("cpu"))
+    restore_rank_state(model, {"rng": ranks[0]["rng"]}, DistInfo(rank=1, world_size=2), torch.device("cpu"))
     assert torch.equal(torch.get_rng_state(), own["torch"])
-    train.restore_rank_state(model, {"rng": ranks[0]["rng"]}, DistInfo(rank=0, world_size=2), torch.device("cpu"))
+    restore_rank_state(model, {"rng": ranks[0]["rng"]}, DistInfo(rank=0, world_size=2), torch.device("cpu"))
     assert torch.equal(torch.get_rng_state(), ranks[0]["rng"]["torch"])
 
 
 def test_resume_hint_names_the_launcher():
     last = Path("runs/exp/weights/last.pt")
-    assert train.resume_command(last, DistInfo()) == f"python train.py --resume --weights {last}"
-    hint = train.resume_command(last, DistInfo(rank=0, world_size=2))
+    assert resume_command(last, DistInfo()) == f"python train.py --resume --weights {last}"
+    hint = resume_command(last, DistInfo(rank=0, world_size=2))
     assert "torchrun" in hint and f"--resume --weights {last}" in hint and "python train.py" not in hint
 
 
@@ -364,11 +367,11 @@ def _resume_worker(rank: int, port: int, root: str) -> None:
     out, result = io.StringIO(), {}
     with contextlib.redirect_stdout(out):
         for project in ("runs", "empty"):
-            opt = train.parse_opt(["--resume", "--project", project, "--epochs", "3"])
+            opt = parse_opt(["--resume", "--project", project, "--epochs", "3"])
             try:
-                _, ckpt, save_dir = train.prepare_resume(opt, info)
+                _, ckpt, save_dir = prepare_resume(opt, info)
                 result[project] = (str(save_dir), ckpt["var"])
-            except ValueError as e:  # train.ResumeError: rank 0's answer, raised on every rank
+            except ValueError as e:  # utils.resume.ResumeError: rank 0's answer, raised on every rank
                 result[project] = str(e)
     result["stdout"] = out.getvalue()
     torch.save(result, Path(root) / f"rank{rank}.pt")
@@ -377,7 +380,7 @@ def _resume_worker(rank: int, port: int, root: str) -> None:
 
 def test_ranks_resume_the_checkpoint_that_rank_0_picks(tmp_path):
     """Two "machines" whose latest run differs by modification time: both resume the run rank 0 picked."""
-    opt = train.opt_to_dict(train.parse_opt(["--epochs", "2"]))
+    opt = opt_to_dict(parse_opt(["--epochs", "2"]))
     for machine, newest in ((0, "b"), (1, "a")):
         for i, run in enumerate(sorted({"a", "b"} - {newest}) + [newest]):
             last = tmp_path / f"machine{machine}" / "runs" / run / "weights" / "last.pt"

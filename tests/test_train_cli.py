@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import train
+from utils.train_options import build_parser, image_sizes, parse_opt
 
 FLAGS = (
     "--epochs", "--batch-size", "--accumulate", "--cfg", "--data-cfg", "--data", "--multi-scale", "--img-size",
@@ -20,16 +21,16 @@ FLAGS = (
 
 def _error(argv: list[str], capsys) -> str:
     with pytest.raises(SystemExit) as e:
-        train.parse_opt(argv)
+        parse_opt(argv)
     assert e.value.code == 2
     return capsys.readouterr().err
 
 
 def test_help_lists_every_flag_with_help_text():
-    text = train.build_parser().format_help()
+    text = build_parser().format_help()
     for flag in FLAGS:
         assert flag in text, flag
-    for action in train.build_parser()._actions:
+    for action in build_parser()._actions:
         if action.option_strings and action.dest not in ("help", "stop_after_batches"):
             assert action.help, f"{action.option_strings} has no help text"
 
@@ -42,7 +43,7 @@ def test_help_runs_as_a_program(repo_root):
 
 
 def test_defaults():
-    opt = train.parse_opt([])
+    opt = parse_opt([])
     assert (opt.epochs, opt.batch_size, opt.accumulate, opt.img_size) == (100, 16, None, [416])
     assert (opt.recipe, opt.schedule, opt.ema, opt.burn_in, opt.reduced_decode) == ("2020", None, None, None, False)
     assert opt.cfg.endswith("cfg/yolov3-spp.cfg") and opt.data.endswith("data/shapes.data")
@@ -52,8 +53,8 @@ def test_defaults():
 def test_data_alias_and_explicit_flags(tmp_path):
     data = str(tmp_path / "x.data")
     (tmp_path / "x.data").write_text("classes=1\n")
-    a = train.parse_opt(["--data", data, "--epochs", "3"])
-    b = train.parse_opt(["--data-cfg", data])
+    a = parse_opt(["--data", data, "--epochs", "3"])
+    b = parse_opt(["--data-cfg", data])
     assert a.data == b.data == data
     assert a.explicit == ["data", "epochs"]
 
@@ -71,12 +72,12 @@ def test_data_alias_and_explicit_flags(tmp_path):
     ],
 )
 def test_image_sizes_read_like_the_reference(sizes, multi_scale, recipe, expected):
-    assert train.image_sizes(sizes, multi_scale, recipe) == expected
+    assert image_sizes(sizes, multi_scale, recipe) == expected
 
 
 def test_evolve_bare_means_300():
-    assert train.parse_opt(["--evolve"]).evolve == 300
-    assert train.parse_opt(["--evolve", "2"]).evolve == 2
+    assert parse_opt(["--evolve"]).evolve == 300
+    assert parse_opt(["--evolve", "2"]).evolve == 2
 
 
 @pytest.mark.parametrize(

@@ -5,37 +5,30 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import train
-from utils.checkpoint import checkpoint_nonfinite, load_checkpoint
+from utils.checkpoint import load_checkpoint
+from utils.finite import checkpoint_nonfinite
 from utils.runlock import RunLock
-from utils.shapes import make_shapes_dataset
+from utils.train_options import REPO
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("faults")
-    make_shapes_dataset(root / "shapes", seed=3, n_train=16, n_valid=4)
-    (root / "s.names").write_text("circle\nsquare\ntriangle\n")
-    data = root / "s.data"
-    data.write_text("classes=3\ntrain=shapes/images/train\nvalid=shapes/images/valid\nnames=s.names\n")
-    return data
+def data(tmp_path_factory, shapes_data_cfg) -> Path:
+    return shapes_data_cfg(tmp_path_factory.mktemp("faults"), seed=3)
 
 
 def args(data: Path, project: Path, name: str, *extra: str) -> list[str]:
     """yolov3-tiny at 64 px, 2 batches of 8 per epoch, 1 epoch unless extra says otherwise."""
     return [
-        "--cfg", str(train.REPO / "cfg" / "yolov3-tiny.cfg"), "--data", str(data), "--img-size", "64",
+        "--cfg", str(REPO / "cfg" / "yolov3-tiny.cfg"), "--data", str(data), "--img-size", "64",
         "--epochs", "1", "--batch-size", "8", "--weights", "", "--device", "cpu", "--num-workers", "0",
         "--notest", "--project", str(project), "--name", name, *extra,
     ]  # fmt: skip
@@ -150,20 +143,9 @@ def test_signal_during_the_test_is_announced_at_once(data, tmp_path, capfd, monk
 
 
 @pytest.fixture
-def small_fs(tmp_path):
+def small_fs(mount_tmpfs):
     """A tmpfs that holds one checkpoint of this run but not two (needs root and mount; skipped elsewhere)."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if sys.platform != "linux" or shutil.which("mount") is None:
-        pytest.skip("needs Linux mount")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160m", "tmpfs", str(mnt)], capture_output=True,
-                       text=True)  # fmt: skip
-    if r.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
+    return mount_tmpfs("160m")
 
 
 def test_full_disk_is_one_error_line_and_last_pt_stays_intact(data, small_fs, capsys):

@@ -48,7 +48,6 @@ import yaml
 
 __all__ = [
     "DEFAULT_HYP",
-    "SEED_HYP_2019",
     "HYP_KEYS_TXT",
     "HYP_LIMITS",
     "HYP_GAINS",
@@ -84,34 +83,6 @@ DEFAULT_HYP: dict[str, float] = {
 and ``shear`` are 0 because mosaic augmentation already varies position and scale. ``xy`` and ``wh`` are the
 gains of the seed's era for the older MSE xy/wh box loss, used only with ``--xywh``. Never mutate this dict;
 ``load_hyp`` returns an updated copy."""
-
-SEED_HYP_2019: dict[str, float] = {
-    "giou": 1.582,
-    "xy": 4.062,
-    "wh": 0.1845,
-    "cls": 27.76,
-    "cls_pw": 1.446,
-    "obj": 21.35,
-    "obj_pw": 3.941,
-    "iou_t": 0.2635,
-    "lr0": 0.002324,
-    "lrf": -4.0,
-    "momentum": 0.97,
-    "weight_decay": 0.0004569,
-    "hsv_s": 0.5703,
-    "hsv_v": 0.3174,
-    "degrees": 1.113,
-    "translate": 0.06797,
-    "scale": 0.1059,
-    "shear": 0.5768,
-}
-"""The July 2019 seed's hyperparameters, approximately as in the seed, for reference only.
-
-They were evolved for an older loss (a different balance of box, objectness and class terms, with
-``obj_pw``/``cls_pw`` doing work that the 2020 loss gives to the gains), so they are not a drop-in
-alternative to ``DEFAULT_HYP``. ``lrf`` here is an exponent (final lr = lr0 * 10**lrf), not a fraction.
-The seed had no ``fl_gamma`` and no ``hsv_h`` key.
-"""
 
 HYP_KEYS_TXT: tuple[str, ...] = tuple(k for k in DEFAULT_HYP if k not in ("xy", "wh"))
 """Positional order of the 18 values in an ultralytics-style ``hyp*.txt`` row; 20 values append xy, wh."""

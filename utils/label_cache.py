@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.files import fsync_dir
+
 LOGGER = logging.getLogger(__name__)
 
 CACHE_VERSION = 2  # bump when the cache layout or the validation rules change
@@ -163,22 +165,7 @@ def save_cache(
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, cache_path)
-        _fsync_dir(folder)
+        fsync_dir(folder)
     except OSError as e:
         LOGGER.debug("not writing label cache %s: %s", cache_path, e)
         tmp.unlink(missing_ok=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (no-op where folders cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-

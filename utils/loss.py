@@ -17,7 +17,7 @@ anchors. A DDP-wrapped model is unwrapped through its ``module`` attribute.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -161,6 +161,33 @@ def loss_counts(
     return counts
 
 
+def _criteria(h: dict, device: torch.device, reduction: str) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """The class and objectness BCEs (focal when ``fl_gamma > 0``) and the MSE of the xywh box loss."""
+    BCEcls = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([h["cls_pw"]], device=device), reduction=reduction)
+    BCEobj = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([h["obj_pw"]], device=device), reduction=reduction)
+    if h["fl_gamma"] > 0:
+        BCEcls, BCEobj = FocalLoss(BCEcls, h["fl_gamma"]), FocalLoss(BCEobj, h["fl_gamma"])
+    return BCEcls, BCEobj, nn.MSELoss(reduction=reduction)
+
+
+def _matched_box_loss(ps: torch.Tensor, tbox: torch.Tensor, anchors: torch.Tensor, h: dict, gr: float, xywh: bool,
+                      mse: nn.Module, per: Callable[[torch.Tensor, int], torch.Tensor], n_box: int, mean: bool,
+                      dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | float]:
+    """One layer's box term over its matched cells (``ps`` (nb, 5 + nc), ``tbox`` and ``anchors`` in grid units)
+    and their objectness target: GIoU-weighted by ``gr``, or 1.0 with the MSE ``xywh`` loss."""
+    pxy = ps[:, :2].sigmoid()
+    if xywh:
+        twh = torch.log(tbox[:, 2:4] / anchors)
+        lxy = per(mse(pxy, tbox[:, :2]), 2 * n_box)
+        lwh = per(mse(ps[:, 2:4], twh), 2 * n_box)
+        return h["xy"] * lxy + h["wh"] * lwh, 1.0
+    pwh = ps[:, 2:4].exp().clamp(max=1e3) * anchors
+    pbox = torch.cat((pxy, pwh), 1)
+    giou = bbox_iou(pbox.t(), tbox, x1y1x2y2=False, GIoU=True)
+    box = (1.0 - giou).mean() if mean else (1.0 - giou).sum() / n_box
+    return box, (1.0 - gr) + gr * giou.detach().clamp(0).type(dtype)
+
+
 def compute_loss(
     p: Sequence[torch.Tensor],
     targets: torch.Tensor,
@@ -203,23 +230,14 @@ def compute_loss(
     if denominators is not None and len(denominators) != len(p):
         raise ValueError(f"compute_loss: {len(denominators)} denominators for {len(p)} YOLO layers")
     device = p[0].device
-    lcls = torch.zeros(1, device=device)
-    lbox = torch.zeros(1, device=device)
-    lobj = torch.zeros(1, device=device)
+    lcls, lbox, lobj = (torch.zeros(1, device=device) for _ in range(3))
     tcls, tbox, indices, anchors = build_targets(p, targets, m, hyp=h)
-
-    red = "mean" if denominators is None else "sum"
-    BCEcls = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([h["cls_pw"]], device=device), reduction=red)
-    BCEobj = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([h["obj_pw"]], device=device), reduction=red)
-    MSE = nn.MSELoss(reduction=red)
+    BCEcls, BCEobj, MSE = _criteria(h, device, "mean" if denominators is None else "sum")
     cp, cn = smooth_BCE(eps=0.0)
 
     def per(reduced: torch.Tensor, n: int) -> torch.Tensor:
         """A mean-reduced term as is; a sum-reduced term divided by its global count."""
         return reduced if denominators is None else reduced / n
-
-    if h["fl_gamma"] > 0:
-        BCEcls, BCEobj = FocalLoss(BCEcls, h["fl_gamma"]), FocalLoss(BCEobj, h["fl_gamma"])
 
     for i, pi in enumerate(p):
         b, a, gj, gi = indices[i]
@@ -230,19 +248,9 @@ def compute_loss(
             if nb > n_box and denominators is not None:
                 raise ValueError(f"compute_loss: layer {i} has {nb} local matches but a global n_box of {n_box}")
             ps = pi[b, a, gj, gi]  # (nb, 5 + nc) predictions at the matched cells
-            pxy = ps[:, :2].sigmoid()
-            if xywh:
-                twh = torch.log(tbox[i][:, 2:4] / anchors[i])
-                lxy = per(MSE(pxy, tbox[i][:, :2]), 2 * n_box)
-                lwh = per(MSE(ps[:, 2:4], twh), 2 * n_box)
-                lbox += h["xy"] * lxy + h["wh"] * lwh
-                tobj[b, a, gj, gi] = 1.0
-            else:
-                pwh = ps[:, 2:4].exp().clamp(max=1e3) * anchors[i]
-                pbox = torch.cat((pxy, pwh), 1)
-                giou = bbox_iou(pbox.t(), tbox[i], x1y1x2y2=False, GIoU=True)
-                lbox += (1.0 - giou).mean() if denominators is None else (1.0 - giou).sum() / n_box
-                tobj[b, a, gj, gi] = (1.0 - gr) + gr * giou.detach().clamp(0).type(tobj.dtype)
+            box, tobj[b, a, gj, gi] = _matched_box_loss(ps, tbox[i], anchors[i], h, gr, xywh, MSE, per, n_box,
+                                                        denominators is None, tobj.dtype)
+            lbox += box
             if nc > 1:
                 t = torch.full_like(ps[:, 5:], cn)
                 t[torch.arange(nb, device=device), tcls[i]] = cp

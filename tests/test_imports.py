@@ -14,7 +14,8 @@ MODULES = [
     "bench.memory", "bench.reference", "bench.synthetic", "bench.timing", "bench.training", "utils.evaluate",
     "utils.coco", "utils.weights", "utils.problems", "utils.data_files", "utils.labels", "utils.label_cache",
     "utils.images", "utils.image_cache", "utils.data_check", "utils.annotations", "utils.convert_output",
-    "utils.train_options", "utils.resume", "utils.train_parts", "utils.train_log", "utils.runs", "utils.finite", "utils.files",
+    "utils.train_options", "utils.resume", "utils.train_parts", "utils.train_log", "utils.runs", "utils.finite",
+    "utils.files",
 ]  # fmt: skip
 
 

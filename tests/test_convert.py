@@ -1,5 +1,7 @@
-"""VOC XML and COCO json -> YOLO datasets (utils/convert.py): each rule on small hand-made files, re-runs, and the
-real raccoon (VOC) and coco128 (COCO) sets when ../shared is present."""
+"""VOC XML and COCO json -> YOLO datasets (utils/convert.py).
+
+Each rule on small hand-made files, re-runs, and the real raccoon (VOC) and coco128 (COCO) sets when ../shared is
+present."""
 
 from __future__ import annotations
 

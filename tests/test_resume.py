@@ -1,5 +1,7 @@
-"""--resume is exact: on CPU with --deterministic, a run interrupted once and resumed ends with the same weights,
-optimizer state and EMA as an uninterrupted run, bit for bit."""
+"""--resume is exact: an interrupted and resumed run ends where an uninterrupted one does.
+
+On CPU with --deterministic, a run interrupted once and resumed ends with the same weights, optimizer state and
+EMA as an uninterrupted run, bit for bit."""
 
 from __future__ import annotations
 

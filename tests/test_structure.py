@@ -116,3 +116,29 @@ def test_the_check_finds_each_kind_of_problem(tmp_path: Path) -> None:
 def test_function_length_counts_def_line_to_last_line(tmp_path: Path, body_lines: int, found: bool) -> None:
     _write(tmp_path / "m.py", '"""One function."""\n\n\n@staticmethod\n' + _function("f", body_lines) + "\n\n# end\n")
     assert bool(structure_problems(tmp_path)) is found
+
+
+def contents_table_mismatch(root: Path) -> tuple[list[str], list[str]]:
+    """(modules missing from the README's Contents table, table rows naming no file): top-level programs and
+    ``utils/`` modules each need a row of their own."""
+    text = (root / "README.md").read_text()
+    table = text.split("## Contents", 1)[1].split("\n## ", 1)[0]
+    listed = {line.split("`")[1] for line in table.splitlines() if line.startswith("| `")}
+    modules = {p.name for p in root.glob("*.py")} | {f"utils/{p.name}" for p in (root / "utils").glob("*.py")}
+    modules -= {"utils/__init__.py"}
+    named_files = {x for x in listed if x.endswith(".py")}
+    return sorted(modules - listed), sorted(x for x in named_files if not (root / x).is_file())
+
+
+def test_readme_contents_table_matches_the_tree() -> None:
+    missing, stale = contents_table_mismatch(REPO)
+    assert not missing and not stale, f"README Contents: add rows for {missing}; remove rows for {stale}"
+
+
+def test_contents_check_finds_a_missing_and_a_stale_row(tmp_path: Path) -> None:
+    (tmp_path / "utils").mkdir()
+    for f in ("train.py", "utils/a.py", "utils/__init__.py"):
+        _write(tmp_path / f, '"""x."""\n')
+    rows = "| file | job |\n|---|---|\n| `train.py` | t |\n| `utils/gone.py` | g |\n"
+    _write(tmp_path / "README.md", f"# T\n\n## Contents\n\n{rows}\n## Next\n\n| `utils/a.py` | not in the table |\n")
+    assert contents_table_mismatch(tmp_path) == (["utils/a.py"], ["utils/gone.py"])

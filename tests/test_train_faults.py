@@ -1,5 +1,7 @@
-"""train.py under faults: live and stopped runs, failed starts, stale temporary files, a full disk, non-finite
-gradients, exit codes, a signal during the test, and extending a finished run (issue 15)."""
+"""train.py under faults (issue 15).
+
+Live and stopped runs, failed starts, stale temporary files, a full disk, non-finite gradients, exit codes, a
+signal during the test, and extending a finished run."""
 
 from __future__ import annotations
 

@@ -185,22 +185,34 @@ def create_modules(
             modules = Shortcut(refs, mdef["activation"])
         elif kind == "yolo":
             modules = YOLOLayer(mdef["anchors"][mdef["mask"]], mdef["classes"], strides[i])
-            _init_yolo_bias(module_list[i - 1], modules)
         else:
             raise ValueError(f"block {i}: unsupported type [{kind}]")
         module_list.append(modules)
     return module_list, routs
 
 
-def _init_yolo_bias(head: nn.Module, yolo: YOLOLayer) -> None:
-    """Bias prior of the conv feeding a YOLO layer: objectness starts low, class scores near 1/nc."""
-    conv = head[0] if isinstance(head, nn.Sequential) else head
-    if not isinstance(conv, nn.Conv2d) or conv.bias is None or conv.out_channels != yolo.na * yolo.no:
-        return
-    with torch.no_grad():
-        b = conv.bias.view(yolo.na, yolo.no)
-        b[:, 4] += -4.5
-        b[:, 5:] += math.log(0.6 / (yolo.nc - 0.99))
+def smart_bias_init(model: nn.Module) -> int:
+    """Bias prior of the convs feeding the YOLO layers: objectness -4.5 (starts low), class scores
+    ``log(0.6 / (nc - 0.99))``, added to the current biases (``train.py --smart-bias``).
+
+    The reference trainer meant this init but its in-place edit of a leaf parameter raised and was swallowed, so
+    its heads keep PyTorch's default init; ``create_modules`` does the same. Returns the number of heads changed.
+    """
+    layers = list(model.module_list)
+    changed = 0
+    for i, yolo in enumerate(layers):
+        if not isinstance(yolo, YOLOLayer) or i == 0:
+            continue
+        head = layers[i - 1]
+        conv = head[0] if isinstance(head, nn.Sequential) else head
+        if not isinstance(conv, nn.Conv2d) or conv.bias is None or conv.out_channels != yolo.na * yolo.no:
+            continue
+        with torch.no_grad():
+            b = conv.bias.view(yolo.na, yolo.no)
+            b[:, 4] += -4.5
+            b[:, 5:] += math.log(0.6 / (yolo.nc - 0.99))
+        changed += 1
+    return changed
 
 
 class Darknet(nn.Module):

@@ -43,7 +43,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from tqdm import tqdm
 
 import utils.evaluate as evaluation
-from models import Darknet
+from models import Darknet, smart_bias_init
 from utils.checkpoint import CheckpointSaveError
 from utils.distributed import (
     DistInfo,
@@ -81,7 +81,7 @@ from utils.torch_utils import (
     init_seeds,
 )
 from utils.train_log import epoch_summary, log_scalars, memory_gb, results_row, tensorboard_writer
-from utils.train_options import GS, REPO, image_sizes, opt_to_dict, parse_opt
+from utils.train_options import GS, REPO, image_sizes, opt_to_dict, parse_opt, smart_bias_for
 from utils.train_parts import (
     CHANNELS_LAST,
     Data,
@@ -214,6 +214,8 @@ def build_model(opt: argparse.Namespace, hyp: dict[str, float], recipe: Recipe, 
     net_used = net_values_used(data.batch_size, recipe.steps_accumulate, hi, hyp, recipe.n_burn, recipe.schedule)
     model = Darknet(opt.cfg, img_size=(hi, hi), nc=data.nc, warn_unused=main_rank, net_used=net_used)
     model = model.to(device, memory_format=CHANNELS_LAST)
+    if smart_bias_for(opt.smart_bias, recipe.name):
+        smart_bias_init(model)
     if ckpt is None:
         load_initial_weights(model, opt, weights_dir, verbose=main_rank)
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import subprocess
@@ -126,6 +127,10 @@ def test_yolo_layer_has_no_state_and_follows_dtype():
 
 
 def test_bias_prior(tiny):
+    from models import smart_bias_init
+
+    tiny = copy.deepcopy(tiny)
+    smart_bias_init(tiny)
     for j in tiny.yolo_layers:
         b = tiny.module_list[j - 1].Conv2d.bias.view(3, 85)
         assert torch.all(b[:, 4] < -4.5 + 0.1) and torch.all(b[:, 4] > -4.5 - 0.1)
@@ -200,7 +205,10 @@ def test_channels_last(tiny):
 
 @pytest.mark.parametrize("nc", [1, 3])
 def test_nc_adaptation(cfg_dir, nc):
+    from models import smart_bias_init
+
     model = Darknet(cfg_dir / "yolov3-tiny.cfg", nc=nc)
+    smart_bias_init(model)  # the class prior follows nc
     assert model.nc == nc
     for j in model.yolo_layers:
         assert model.module_list[j - 1].Conv2d.weight.shape[0] == 3 * (5 + nc)
@@ -523,3 +531,38 @@ def test_yolo_layer_channels_last_input_gives_the_same_values_and_a_channels_las
     assert torch.equal(grads[0], grads[1])
     # channels-last, as the head convolution's oneDNN backward wants it: no copy there (one on the way, not two)
     assert grads[1].is_contiguous(memory_format=torch.channels_last)
+
+
+def _head_biases(model: Darknet) -> list[torch.Tensor]:
+    return [model.module_list[i - 1][0].bias.detach().clone() for i in model.yolo_layers]
+
+
+def test_heads_keep_pytorch_init_and_smart_bias_init_adds_the_prior():
+    from models import smart_bias_init
+
+    torch.manual_seed(0)
+    plain = Darknet("cfg/yolov3-tiny.cfg", nc=3)
+    torch.manual_seed(0)
+    primed = Darknet("cfg/yolov3-tiny.cfg", nc=3)
+    assert smart_bias_init(primed) == 2
+    for i, b0, b1 in zip(plain.yolo_layers, _head_biases(plain), _head_biases(primed)):
+        conv = plain.module_list[i - 1][0]
+        bound = 1 / math.sqrt(conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1])
+        assert b0.abs().max() <= bound  # PyTorch's default uniform(-bound, bound): no prior at construction
+        want = b0.view(3, 8).clone()
+        want[:, 4] += -4.5
+        want[:, 5:] += math.log(0.6 / (3 - 0.99))
+        assert torch.equal(b1.view(3, 8), want)
+    others = [(k, v) for k, v in primed.state_dict().items() if not any(k.startswith(f"module_list.{i - 1}.")
+                                                                      for i in primed.yolo_layers)]
+    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in others)
+
+
+@pytest.mark.parametrize(("flag", "recipe", "on"), [(None, "2020", False), (None, "2019", True), (True, "2020", True),
+                                                     (False, "2019", False)])
+def test_smart_bias_default_follows_the_recipe(flag, recipe, on):
+    from utils.train_options import parse_opt, smart_bias_for
+
+    assert smart_bias_for(flag, recipe) is on
+    opt = parse_opt(["--recipe", recipe] + ([] if flag is None else ["--smart-bias" if flag else "--no-smart-bias"]))
+    assert smart_bias_for(opt.smart_bias, opt.recipe) is on

@@ -39,7 +39,6 @@ from bench.training import TrainStep, build_model
 from utils.hyp import DEFAULT_HYP, derive_loss_hyp
 loss_hyp = derive_loss_hyp(dict(DEFAULT_HYP), 80)
 model = build_model(cfg, 320, 80, torch.device("cpu"), True).train()
-model.hyp, model.gr = loss_hyp, 1.0
 times = []
 for size in [int(s) for s in sizes.split(",")]:
     imgs, targets = random_batch(batch, size, 80, seed=size)

@@ -250,7 +250,6 @@ def bench_train_step(
     loss_hyp = derive_loss_hyp(hyp, nc)
     model = build_model(cfg, img_size, nc, device, channels_last)
     model.train()
-    model.hyp, model.gr = loss_hyp, 1.0
     imgs, targets, source = step_batch(images, img_size, batch_size, nc, hyp, device, channels_last)
     step = TrainStep(model, imgs, targets, loss_hyp, precision, device)
 
@@ -332,7 +331,6 @@ def bench_epoch(
                                   verbose=False)
     model = build_model(cfg, img_size, nc, device, channels_last)
     model.train()
-    model.hyp, model.gr = loss_hyp, 1.0
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     loader = shuffled_loader(dataset, batch_size, workers, pin_memory=device.type == "cuda")
     first = next(iter(loader))

@@ -161,7 +161,6 @@ def test_profile_step_accounts_for_the_step() -> None:
     try:
         model = build_model(run.REPO_ROOT / "cfg" / "yolov3-tiny.cfg", 64, 3, torch.device("cpu"), True).train()
         loss_hyp = derive_loss_hyp(dict(DEFAULT_HYP), 3)
-        model.hyp, model.gr = loss_hyp, 1.0
         imgs, targets = random_batch(2, 64, 3)
         step = TrainStep(model, imgs.contiguous(memory_format=torch.channels_last), targets, loss_hyp, "fp32",
                          torch.device("cpu"))

@@ -132,10 +132,14 @@ def test_two_ranks_train_like_one_process(baseline: dict[str, Path]) -> None:
     single, ddp = weights(baseline["single"] / "run"), weights(run)
     diff, floor = max_abs_diff(single, ddp), max_abs_diff(single, weights(baseline["single2"] / "run"))
     assert diff <= max(2 * floor, 1e-5), f"2 ranks differ from 1 process by {diff}, 1 vs 2 threads by {floor}"
-    # and the per-epoch training losses (box, obj, cls, total, targets) agree as well
+    # and the per-epoch training losses (box, obj, cls, total, targets) agree as well: within 1e-4 relative, or
+    # within twice what the 2-thread single process differs by (the same rounding noise as for the weights)
     single_rows = (baseline["single"] / "run" / "results.txt").read_text().splitlines()[1:]
-    for a, b in zip(single_rows, rows[1:]):
-        assert [float(x) for x in a.split()[2:7]] == pytest.approx([float(x) for x in b.split()[2:7]], rel=1e-4)
+    threads2_rows = (baseline["single2"] / "run" / "results.txt").read_text().splitlines()[1:]
+    assert len(single_rows) == len(threads2_rows) == len(rows) - 1
+    for a, b, c in zip(single_rows, rows[1:], threads2_rows):
+        for x, y, z in zip(*([float(v) for v in r.split()[2:7]] for r in (a, b, c))):
+            assert abs(x - y) <= max(1e-4 * abs(x), 2 * abs(x - z)), (a, b, c)
 
 
 def test_stopped_two_rank_run_resumes_to_the_same_weights(
